@@ -1,0 +1,109 @@
+"""The environment record: host, CPU, GPU, driver, container and code identity.
+
+Framework-neutral: CUDA and cuDNN as the framework reports them are added by the runner.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], timeout: float = 10) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def nvidia_gpus() -> list[dict]:
+    """GPUs as nvidia-smi lists them; empty where there is no NVIDIA driver."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                "--format=csv,noheader,nounits"])
+    gpus = []
+    for line in (out or "").splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            name, mem_mib, driver = parts
+            try:
+                mem = round(float(mem_mib) / 1024, 1)
+            except ValueError:
+                mem = None
+            gpus.append({"name": name, "memory_gib": mem, "driver": driver})
+    return gpus
+
+
+def git_commit() -> str | None:
+    """The project's commit: baked into images as BENCH_GIT_COMMIT, else asked of git."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
+    if not (REPO_ROOT / ".git").exists():
+        return None
+    commit = _run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"])
+    if commit and _run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"]):
+        commit += "-dirty"
+    return commit
+
+
+def container_image() -> dict | None:
+    """Set by the image build (docker/<framework>/Dockerfile); None outside containers."""
+    name = os.environ.get("BENCH_IMAGE")
+    if not name:
+        return None
+    return {
+        "name": name,
+        "tag": os.environ.get("BENCH_IMAGE_TAG"),
+        "variant": os.environ.get("BENCH_CUDA_VARIANT"),
+        "base_image": os.environ.get("BENCH_BASE_IMAGE"),
+        "digest": os.environ.get("BENCH_IMAGE_DIGEST"),
+    }
+
+
+def capture() -> dict:
+    gpus = nvidia_gpus()
+    return {
+        "hostname": socket.gethostname(),
+        "os": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": memory_gib(),
+        "gpu": gpus[0]["name"] if gpus else None,
+        "gpu_memory_gib": gpus[0]["memory_gib"] if gpus else None,
+        "gpu_count": len(gpus),
+        "driver": gpus[0]["driver"] if gpus else None,
+        "cuda": None,
+        "cudnn": None,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "container_image": container_image(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }

@@ -1,0 +1,68 @@
+"""Fidelity checks of one framework file against TASKS.md, run inside its environment.
+
+`python -m bench.fidelity MODULE` prints one JSON object: parameter counts, output
+shapes and the loss curve of a short training on a small learnable synthetic set.
+The test suite (tests/test_fidelity.py) runs it for every framework installed here.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from . import data as data_mod
+from . import runner, tasks
+
+
+def _train_curve(fw, dev, spec, x, y, epochs: int) -> list:
+    build, train_epoch, _ = (getattr(fw, n) for n in runner.TRAINING_API[spec.name])
+    model = build(spec, dev)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(epochs):
+        xs, ys = data_mod.shuffled(x, y, rng)
+        progress = runner.Progress("fidelity", len(xs) // spec.batch_size, interval_s=1e9)
+        losses.append(float(train_epoch(model, runner.Epoch(xs, ys, spec.batch_size, progress), spec)))
+    return losses
+
+
+def check(module_name: str, learn_epochs: int = 6) -> dict:
+    fw = runner.load_framework(module_name)
+    dev = fw.init_device("cpu", "fp32")
+    channel_first = fw.data_format(dev) == "NCHW"
+    out = {"framework": fw.NAME, "params": {}, "shapes": {}, "losses": {}, "conventions": {}}
+
+    # CNN: 8 batches of a learnable synthetic set, several passes.
+    cnn = replace(tasks.SPECS["cnn"], epochs=1)
+    x, y, x_test, _ = data_mod.synthetic_cifar10(8 * cnn.batch_size, 2 * cnn.batch_size, 0, channel_first)
+    model = fw.build_cnn(cnn, dev)
+    out["params"]["cnn"] = int(fw.count_params(model))
+    out["shapes"]["cnn"] = list(np.asarray(fw.predict_cnn(model, x_test, cnn)).shape)
+    out["losses"]["cnn"] = _train_curve(fw, dev, cnn, x, y, learn_epochs)
+
+    # RNN: a shorter sequence keeps this fast on a CPU; the parameter count does not depend on it.
+    rnn = replace(tasks.SPECS["rnn"], epochs=1)
+    model = fw.build_rnn(rnn, dev)
+    out["params"]["rnn"] = int(fw.count_params(model))
+    x, y, x_test, _ = data_mod.synthetic_imdb(2 * rnn.batch_size, 2 * rnn.batch_size,
+                                              rnn.max_features, rnn.seq_len, 0)
+    out["shapes"]["rnn"] = list(np.asarray(fw.predict_rnn(model, x_test, rnn)).shape)
+    short = replace(rnn, seq_len=30)
+    x, y, _, _ = data_mod.synthetic_imdb(8 * short.batch_size, 0, short.max_features, short.seq_len, 0)
+    out["losses"]["rnn"] = _train_curve(fw, dev, short, x, y, learn_epochs)
+
+    # ResNet-50: parameters and one small batch of features.
+    res = tasks.sized("resnet50", "cpu", quick=True)
+    model = fw.build_resnet50(res, dev)
+    out["params"]["resnet50"] = int(fw.count_params(model))
+    images = data_mod.random_images(2, res.image_shape, 0, channel_first)
+    out["shapes"]["resnet50"] = list(np.asarray(fw.extract_features(model, images)).shape)
+    for task in tasks.TASK_NAMES:
+        out["conventions"][task] = fw.conventions(task, dev)
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(check(sys.argv[1])))

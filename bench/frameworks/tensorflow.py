@@ -1,0 +1,171 @@
+"""TensorFlow 2 through tf.keras (fit / predict): the three tasks of TASKS.md.
+
+Same sections as bench/frameworks/pytorch.py:
+  1. framework and device  2. CNN  3. RNN  4. ResNet-50
+Since TensorFlow 2.16 tf.keras is Keras 3 on the TensorFlow backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from bench.errors import DeviceUnavailable, UnsupportedPrecision
+
+keras = tf.keras
+NAME = "tensorflow"
+
+
+# ---------------------------------------------------------------- 1. framework and device
+
+def init_device(device: str, precision: str) -> str:
+    if precision != "fp32":
+        raise UnsupportedPrecision(f"{NAME} runs fp32 only (asked for {precision})")
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu":
+        if not gpus:
+            raise DeviceUnavailable(
+                f"no GPU found: tf.config.list_physical_devices('GPU') is empty (tensorflow "
+                f"{tf.__version__}, built with CUDA "
+                f"{tf.sysconfig.get_build_info().get('cuda_version', 'none')}); "
+                "check the driver and nvidia-smi, or run with --device cpu")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        keras.backend.set_image_data_format("channels_first")  # NCHW on NVIDIA GPUs
+        return "gpu"
+    if gpus:
+        tf.config.set_visible_devices([], "GPU")  # --device cpu means the CPU alone
+    keras.backend.set_image_data_format("channels_last")  # TF's CPU kernels want NHWC
+    return "cpu"
+
+
+def synchronize(dev: str) -> None:
+    if dev == "gpu":
+        tf.test.experimental.sync_devices()
+
+
+def versions(dev: str) -> dict:
+    build = tf.sysconfig.get_build_info()
+    gpu = None
+    if dev == "gpu":
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        gpu = details.get("device_name")
+    return {
+        "framework_version": tf.__version__,
+        "cuda": build.get("cuda_version"),
+        "cudnn": build.get("cudnn_version"),
+        "gpu": gpu,
+    }
+
+
+def data_format(dev: str) -> str:
+    return "NCHW" if dev == "gpu" else "NHWC"
+
+
+def count_params(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def conventions(task: str, dev: str) -> dict:
+    layout = data_format(dev)
+    if task == "cnn":
+        return {"layout": layout, "init": "glorot_uniform weights, zero biases (Keras defaults)",
+                "fast_path": ["keras fit (compiled train step, jit_compile=auto)"]}
+    if task == "rnn":
+        return {"gru_bias": "two vectors per gate (reset_after=True, cuDNN layout)",
+                "gru_biases": 600, "gru_kernel": "cuDNN" if dev == "gpu" else "TF CPU",
+                "fast_path": ["keras fit (compiled train step)"]}
+    return {"resnet_conv_bias": True, "weights": "random", "layout": layout,
+            "source": "tf.keras.applications.ResNet50(include_top=False, pooling='avg')",
+            "fast_path": ["predict_on_batch (compiled)"]}
+
+
+class _Progress(keras.callbacks.Callback):
+    """Hands Keras's batch count to the harness's progress line."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.batch_done(batch + 1)
+
+
+# ---------------------------------------------------------------- 2. CNN
+
+def build_cnn(spec, dev: str):
+    c1, c2, c3, c4 = spec.conv_channels
+    k = spec.kernel_size
+    channels, height, width = spec.image_shape
+    shape = (channels, height, width) if dev == "gpu" else (height, width, channels)
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input(shape=shape),
+        layers.Conv2D(c1, k, padding="same"), layers.Activation("relu"),
+        layers.Conv2D(c2, k, padding="same"), layers.MaxPooling2D(2, 2), layers.Activation("relu"),
+        layers.Dropout(spec.conv_dropout),
+        layers.Conv2D(c3, k, padding="same"), layers.Activation("relu"),
+        layers.Conv2D(c4, k, padding="same"), layers.MaxPooling2D(2, 2), layers.Activation("relu"),
+        layers.Dropout(spec.conv_dropout),
+        layers.Flatten(),
+        layers.Dense(spec.dense_units), layers.Activation("relu"),
+        layers.Dropout(spec.dense_dropout),
+        layers.Dense(spec.classes),
+    ])
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=spec.lr, momentum=spec.momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def train_cnn_epoch(model, batches, spec) -> float:
+    return _train_epoch(model, batches, spec)
+
+
+def predict_cnn(model, x: np.ndarray, spec) -> np.ndarray:
+    return model.predict(x, batch_size=spec.batch_size, verbose=0)
+
+
+def _train_epoch(model, batches, spec) -> float:
+    history = model.fit(batches.x, batches.y, batch_size=spec.batch_size, epochs=1,
+                        shuffle=False, verbose=0, callbacks=[_Progress(batches)])
+    return history.history["loss"][-1]
+
+
+# ---------------------------------------------------------------- 3. RNN
+
+def build_rnn(spec, dev: str):
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input(shape=(spec.seq_len,), dtype="int32"),
+        layers.Embedding(spec.max_features, spec.embedding_dim),
+        layers.GRU(spec.gru_units),  # cuDNN kernel on GPU; returns the last time step
+        layers.Dense(spec.classes),
+    ])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=spec.lr, beta_1=spec.beta1,
+                                        beta_2=spec.beta2, epsilon=spec.epsilon),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def train_rnn_epoch(model, batches, spec) -> float:
+    return _train_epoch(model, batches, spec)
+
+
+def predict_rnn(model, x: np.ndarray, spec) -> np.ndarray:
+    return model.predict(x, batch_size=spec.batch_size, verbose=0)
+
+
+# ---------------------------------------------------------------- 4. ResNet-50
+
+def build_resnet50(spec, dev: str):
+    channels, height, width = spec.image_shape
+    shape = (channels, height, width) if dev == "gpu" else (height, width, channels)
+    return keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape,
+                                       pooling="avg")
+
+
+def extract_features(model, x: np.ndarray) -> np.ndarray:
+    return model.predict_on_batch(x)

@@ -1,0 +1,364 @@
+"""Runs the tasks of one Python framework in this process: data, timing, records.
+
+The framework module supplies only framework code (see bench/frameworks/pytorch.py for
+the sections every framework file has); everything timed or written happens here.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_mod
+from . import envinfo, results, stats, tasks
+from .errors import DeviceUnavailable, UnsupportedPrecision
+
+
+class FidelityError(RuntimeError):
+    """The model breaks the task contract (wrong parameter count or output shape)."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_NO_DEVICE = 0, 1, 2, 3
+
+
+# ---------------------------------------------------------------- progress
+
+class Progress:
+    """Throttled progress lines (task, epoch, batch, elapsed) on stderr."""
+
+    def __init__(self, label: str, total: int, interval_s: float = 10.0, stream=None):
+        self.label, self.total, self.interval_s = label, total, interval_s
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            print(f"  {self.label}: batch {done}/{self.total}, {now - self.start:.1f} s",
+                  file=self.stream, flush=True)
+
+
+class Epoch:
+    """One epoch's shuffled training data, handed to the framework's train function.
+
+    Iterate it for (x, y) mini-batches (complete batches only), or take .x and .y whole
+    (Keras-style fit) and call .batch_done(i) from a per-batch callback for progress.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, progress: Progress):
+        self.x, self.y, self.batch_size, self.progress = x, y, batch_size, progress
+        self.num_batches = len(x) // batch_size
+
+    def __iter__(self):
+        for i, (xb, yb) in enumerate(data_mod.minibatches(self.x, self.y, self.batch_size), 1):
+            yield xb, yb
+            self.progress.update(i)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch_done(self, index: int) -> None:
+        self.progress.update(index)
+
+
+def batches_of(x: np.ndarray, batch_size: int):
+    """Consecutive complete batches of inputs alone (prediction)."""
+    for start in range(0, len(x) - batch_size + 1, batch_size):
+        yield x[start:start + batch_size]
+
+
+# ---------------------------------------------------------------- framework access
+
+TRAINING_API = {
+    "cnn": ("build_cnn", "train_cnn_epoch", "predict_cnn"),
+    "rnn": ("build_rnn", "train_rnn_epoch", "predict_rnn"),
+}
+REQUIRED_API = (
+    "NAME", "data_format", "init_device", "synchronize", "versions", "count_params",
+    "conventions", "build_cnn", "train_cnn_epoch", "predict_cnn", "build_rnn",
+    "train_rnn_epoch", "predict_rnn", "build_resnet50", "extract_features",
+)
+
+
+def load_framework(module_name: str):
+    """Import a framework file; a missing framework is a clear error, not a traceback."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"cannot import {module_name}: {exc}. Is this framework installed in this "
+            f"Python ({sys.executable})? `python -m bench setup NAME` creates its environment."
+        ) from exc
+    missing = [name for name in REQUIRED_API if not hasattr(module, name)]
+    if missing:
+        raise AttributeError(f"{module_name} lacks {', '.join(missing)}")
+    return module
+
+
+# ---------------------------------------------------------------- measuring
+
+@dataclass
+class Measurement:
+    """One repeat of one task."""
+
+    time_total_s: float
+    epoch_times_s: list | None = None
+    accuracy: float | None = None
+    final_loss: float | None = None
+    samples: dict = field(default_factory=dict)
+    params: int | None = None
+
+
+def _check_params(task: str, params: int, spec) -> None:
+    if params not in spec.expected_params:
+        expected = " or ".join(f"{p:,}" for p in spec.expected_params)
+        raise FidelityError(f"{task}: {params:,} trainable parameters; TASKS.md says {expected}")
+
+
+def _check_shape(what: str, array, expected: tuple) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != expected:
+        raise FidelityError(f"{what} has shape {array.shape}, expected {expected}")
+    return array
+
+
+def measure_training(fw, dev, spec, task_data, seed: int, log) -> Measurement:
+    build, train_epoch, predict = (getattr(fw, n) for n in TRAINING_API[spec.name])
+    model = build(spec, dev)
+    params = int(fw.count_params(model))
+    _check_params(spec.name, params, spec)
+    rng = np.random.default_rng(seed)
+    epoch_times, loss = [], None
+    for epoch in range(spec.epochs):
+        x, y = data_mod.shuffled(task_data.x_train, task_data.y_train, rng)
+        label = f"[{fw.NAME} {spec.name}] epoch {epoch + 1}/{spec.epochs}"
+        batches = Epoch(x, y, spec.batch_size, Progress(label, len(x) // spec.batch_size))
+        fw.synchronize(dev)
+        start = time.perf_counter()
+        loss = train_epoch(model, batches, spec)
+        fw.synchronize(dev)
+        epoch_times.append(time.perf_counter() - start)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"{spec.name}: training loss became {loss} in epoch {epoch + 1}")
+        log(f"{label}: {epoch_times[-1]:.2f} s, mean loss {loss:.4f}")
+    logits = predict(model, task_data.x_test, spec)
+    logits = _check_shape(f"{spec.name} logits", logits, (len(task_data.x_test), spec.classes))
+    accuracy = None
+    if task_data.kind == "real":
+        accuracy = float(np.mean(np.argmax(logits, axis=1) == task_data.y_test))
+    return Measurement(
+        time_total_s=float(sum(epoch_times)), epoch_times_s=epoch_times, accuracy=accuracy,
+        final_loss=loss, params=params,
+        samples={"train": len(task_data.x_train) * spec.epochs, "test": len(task_data.x_test)},
+    )
+
+
+def measure_inference(fw, dev, spec, task_data, seed: int, log) -> Measurement:
+    model = fw.build_resnet50(spec, dev)
+    params = int(fw.count_params(model))
+    _check_params(spec.name, params, spec)
+    batches = list(batches_of(task_data.x_test, spec.batch_size))
+    warmup, timed = batches[: spec.warmup_batches], batches[spec.warmup_batches:]
+    for batch in warmup:  # cold start: autotuning, graph build, JIT
+        fw.extract_features(model, batch)
+    fw.synchronize(dev)
+    progress = Progress(f"[{fw.NAME} resnet50]", len(timed))
+    features = None
+    start = time.perf_counter()
+    for i, batch in enumerate(timed, 1):
+        features = fw.extract_features(model, batch)
+        progress.update(i)
+    fw.synchronize(dev)
+    elapsed = time.perf_counter() - start
+    _check_shape("resnet50 features", features, (spec.batch_size, spec.features))
+    images = len(timed) * spec.batch_size
+    log(f"[{fw.NAME} resnet50] {images} images in {elapsed:.2f} s")
+    return Measurement(time_total_s=elapsed, params=params, samples={"images": images})
+
+
+# ---------------------------------------------------------------- records
+
+def classify_failure(exc: BaseException) -> str:
+    text = f"{type(exc).__name__} {exc}".lower()
+    if "out of memory" in text or "outofmemory" in text or "resourceexhausted" in text:
+        return "oom"
+    return "failed"
+
+
+def base_record(framework: str, task: str, device: str, precision: str, quick: bool,
+                spec, env: dict) -> dict:
+    return {
+        "schema_version": results.SCHEMA_VERSION,
+        "framework": framework,
+        "framework_version": None,
+        "task": task,
+        "device": device,
+        "device_name": env.get("gpu") if device == "gpu" else env.get("cpu"),
+        "precision": precision,
+        "data": "synthetic",
+        "data_source": None,
+        "quick": quick,
+        "params": None,
+        "status": "failed",
+        "error": None,
+        "epoch_times_s": None,
+        "time_total_s": None,
+        "throughput": None,
+        "seconds_per_1000": None,
+        "accuracy": None,
+        "final_loss": None,
+        "samples": None,
+        "repeats": [],
+        "stats": None,
+        "hyperparameters": tasks.hyperparameters(spec) if spec else {},
+        "conventions": None,
+        "env": env,
+        "git_commit": envinfo.git_commit(),
+        "started_at": results.now_iso(),
+        "finished_at": results.now_iso(),
+    }
+
+
+def fill_measurements(record: dict, task: str, data_kind: str, runs: list[Measurement]) -> dict:
+    """Median over repeats (the median repeat's epochs), spread in stats, status ok."""
+    totals = [m.time_total_s for m in runs]
+    order = np.argsort(totals)
+    median_run = runs[int(order[(len(runs) - 1) // 2])]
+    samples = median_run.samples.get("images") if task == "resnet50" else median_run.samples.get("train")
+    throughputs = [samples / t for t in totals]
+    record.update(
+        status="ok",
+        error=None,
+        data=data_kind,
+        params=median_run.params,
+        epoch_times_s=median_run.epoch_times_s if task != "resnet50" else None,
+        time_total_s=float(np.median(totals)),
+        throughput=float(np.median(throughputs)),
+        seconds_per_1000=(1000.0 * float(np.median(totals)) / samples) if task == "resnet50" else None,
+        accuracy=median_run.accuracy if data_kind == "real" else None,
+        final_loss=median_run.final_loss,
+        samples=median_run.samples,
+        repeats=[
+            {"time_total_s": m.time_total_s, "epoch_times_s": m.epoch_times_s,
+             "accuracy": m.accuracy if data_kind == "real" else None, "final_loss": m.final_loss}
+            for m in runs
+        ],
+        stats={"time_total_s": stats.summarize(totals), "throughput": stats.summarize(throughputs)},
+    )
+    return record
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class RunOptions:
+    framework: str
+    module: str
+    tasks: list
+    device: str = "cpu"
+    data: str = "auto"
+    quick: bool = False
+    epochs: int | None = None
+    repeats: int = 1
+    precision: str = "fp32"
+    out: Path = Path("results")
+    seed: int = 0
+    data_dir: Path | None = None
+
+
+def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
+    """Run every task; write one result per task; return (exit code, records)."""
+    env = envinfo.capture()
+    records: list[dict] = []
+    exit_code = EXIT_OK
+
+    def failed_all(exc: BaseException, status: str) -> None:
+        for task in opts.tasks:
+            spec = tasks.sized(task, opts.device, opts.quick, opts.epochs)
+            rec = base_record(opts.framework, task, opts.device, opts.precision, opts.quick, spec, env)
+            rec.update(status=status, error=f"{type(exc).__name__}: {exc}", finished_at=results.now_iso())
+            records.append(rec)
+            results.write_result(rec, opts.out)
+
+    try:
+        fw = load_framework(opts.module)
+        dev = fw.init_device(opts.device, opts.precision)
+    except DeviceUnavailable as exc:
+        log(f"error: {exc}")
+        failed_all(exc, "failed")
+        return EXIT_NO_DEVICE, records
+    except UnsupportedPrecision as exc:
+        log(f"error: {exc}")
+        failed_all(exc, "skipped")
+        return EXIT_TASK_FAILED, records
+    except (ImportError, AttributeError, ValueError) as exc:
+        log(f"error: {exc}")
+        failed_all(exc, "failed")
+        return EXIT_TASK_FAILED, records
+
+    versions = fw.versions(dev)
+    env.update({k: versions.get(k) for k in ("cuda", "cudnn")})
+    if opts.device == "gpu" and versions.get("gpu"):
+        env["gpu"] = env["gpu"] or versions["gpu"]
+    channel_first = fw.data_format(dev) == "NCHW"
+
+    for task in opts.tasks:
+        spec = tasks.sized(task, opts.device, opts.quick, opts.epochs)
+        record = base_record(opts.framework, task, opts.device, opts.precision, opts.quick, spec, env)
+        record["framework_version"] = versions.get("framework_version")
+        if opts.device == "gpu":
+            record["device_name"] = versions.get("gpu") or env.get("gpu")
+        record["conventions"] = fw.conventions(task, dev)
+        try:
+            task_data = data_mod.task_data(spec, opts.data, channel_first, opts.seed,
+                                           opts.data_dir, log=log)
+            record["data"], record["data_source"] = task_data.kind, task_data.source
+            log(f"[{opts.framework} {task}] data: {task_data.kind} ({task_data.source})")
+            measure = measure_inference if task == "resnet50" else measure_training
+            runs = [measure(fw, dev, spec, task_data, opts.seed + r, log) for r in range(opts.repeats)]
+            fill_measurements(record, task, task_data.kind, runs)
+        except Exception as exc:  # one task failing never stops the others
+            record["status"] = classify_failure(exc)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["log_tail"] = "".join(traceback.format_exc().splitlines(True)[-12:])
+            log(f"[{opts.framework} {task}] {record['status'].upper()}: {record['error']}")
+            exit_code = EXIT_TASK_FAILED
+        record["finished_at"] = results.now_iso()
+        path = results.write_result(record, opts.out)
+        log(f"[{opts.framework} {task}] wrote {path}")
+        records.append(record)
+    return exit_code, records
+
+
+def summary_table(records: list[dict]) -> str:
+    rows = [("framework", "task", "device", "data", "status", "params", "time s", "per epoch s",
+             "throughput/s", "s/1000 img", "accuracy")]
+    for r in records:
+        epochs = r.get("epoch_times_s") or []
+        rows.append((
+            r["framework"], r["task"], r["device"], r["data"], r["status"],
+            f"{r['params']:,}" if r.get("params") is not None else "-",
+            _fmt(r.get("time_total_s")),
+            _fmt(float(np.median(epochs))) if epochs else "-",
+            _fmt(r.get("throughput"), 1),
+            _fmt(r.get("seconds_per_1000")),
+            _fmt(r.get("accuracy"), 4),
+        ))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
