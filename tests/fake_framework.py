@@ -1,0 +1,97 @@
+"""A test double of a framework file, in NumPy, to test the harness's own logic.
+
+FAKE_MODE (environment) picks a behaviour: ok, nan, raise-rnn, oom, wrong-params,
+wrong-shape. The models are not real; the harness tests do not measure them.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from bench.errors import DeviceUnavailable
+
+NAME = "fake"
+
+
+def _mode() -> str:
+    return os.environ.get("FAKE_MODE", "ok")
+
+
+def init_device(device, precision):
+    if device == "gpu":
+        raise DeviceUnavailable("no GPU found: the fake framework has none")
+    return "cpu"
+
+
+def synchronize(dev):
+    pass
+
+
+def versions(dev):
+    return {"framework_version": "0.0-fake", "cuda": None, "cudnn": None, "gpu": None}
+
+
+def data_format(dev):
+    return "NCHW"
+
+
+class _Model:
+    def __init__(self, spec):
+        self.spec, self.steps = spec, 0
+
+
+def count_params(model):
+    if _mode() == "wrong-params":
+        return 12345
+    return model.spec.expected_params[0]
+
+
+def conventions(task, dev):
+    return {"fake": True}
+
+
+def build_cnn(spec, dev):
+    return _Model(spec)
+
+
+def train_cnn_epoch(model, batches, spec):
+    return _train(model, batches)
+
+
+def predict_cnn(model, x, spec):
+    classes = 3 if _mode() == "wrong-shape" else spec.classes
+    return np.tile(np.arange(classes, dtype=np.float32), (len(x), 1))
+
+
+def build_rnn(spec, dev):
+    if _mode() == "raise-rnn":
+        raise RuntimeError("the fake RNN refuses to build")
+    return _Model(spec)
+
+
+def train_rnn_epoch(model, batches, spec):
+    return _train(model, batches)
+
+
+def predict_rnn(model, x, spec):
+    return np.zeros((len(x), spec.classes), dtype=np.float32)
+
+
+def build_resnet50(spec, dev):
+    if _mode() == "oom":
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return _Model(spec)
+
+
+def extract_features(model, x):
+    return np.zeros((len(x), model.spec.features), dtype=np.float32)
+
+
+def _train(model, batches):
+    seen = 0
+    for x, y in batches:
+        assert len(x) == batches.batch_size == len(y)
+        seen += 1
+    model.steps += seen
+    return float("nan") if _mode() == "nan" else 1.0 / model.steps

@@ -1,0 +1,114 @@
+"""`python -m bench` end to end: quick runs of the core frameworks, and every bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench import data, frameworks, results
+from conftest import REPO, require_env, run_bench
+
+CORE = ["pytorch", "tensorflow"]
+EXPECTED_PARAMS = {
+    "pytorch": {"cnn": 3_441_592, "rnn": 3_818_302, "resnet50": 23_508_032},
+    "tensorflow": {"cnn": 3_441_592, "rnn": 3_818_302, "resnet50": 23_534_592},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CORE)
+def test_quick_run_writes_three_valid_ok_results(tmp_path, name):
+    require_env(frameworks.get(name))
+    proc = run_bench("run", "--framework", name, "--tasks", "cnn,rnn,resnet50", "--device", "cpu",
+                     "--data", "synthetic", "--quick", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    records = [results.load_result(p) for p in sorted(tmp_path.glob("*.json"))]
+    assert sorted(r["task"] for r in records) == ["cnn", "resnet50", "rnn"]
+    for r in records:
+        assert r["status"] == "ok" and r["framework"] == name and r["quick"] is True
+        assert r["params"] == EXPECTED_PARAMS[name][r["task"]]
+        assert r["env"]["python"] and r["framework_version"]
+        assert r["time_total_s"] > 0 and r["throughput"] > 0
+    # The printed table names every task with its status.
+    table = proc.stdout[proc.stdout.index("framework  "):]
+    assert all(t in table for t in ("cnn", "rnn", "resnet50")) and "failed" not in table
+
+
+def test_gpu_asked_for_and_absent_exits_3_with_no_ok_result(tmp_path):
+    require_env(frameworks.get("pytorch"))
+    proc = run_bench("run", "--framework", "pytorch", "--device", "gpu", "--tasks", "cnn",
+                     "--out", str(tmp_path))
+    assert proc.returncode == 3
+    assert "no GPU found" in proc.stdout + proc.stderr
+    records = [results.load_result(p) for p in tmp_path.glob("*.json")]
+    assert records and all(r["status"] != "ok" for r in records)
+
+
+def test_real_data_offline_is_a_failed_task_naming_the_file(tmp_path):
+    require_env(frameworks.get("pytorch"))
+    env = dict(os.environ, BENCH_DATA_DIR=str(tmp_path / "cache"), BENCH_OFFLINE="1")
+    proc = run_bench("run", "--framework", "pytorch", "--tasks", "rnn", "--data", "real",
+                     "--quick", "--out", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 1
+    [record] = [results.load_result(p) for p in (tmp_path / "out").glob("*.json")]
+    assert record["status"] == "failed"
+    assert "imdb.npz" in record["error"] and str(tmp_path / "cache") in record["error"]
+
+
+def test_corrupt_cached_data_is_a_checksum_error(tmp_path):
+    require_env(frameworks.get("pytorch"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / data.CIFAR10.filename).write_bytes(b"\x1f\x8b truncated")
+    env = dict(os.environ, BENCH_DATA_DIR=str(cache), BENCH_OFFLINE="1")
+    proc = run_bench("run", "--framework", "pytorch", "--tasks", "cnn", "--data", "auto",
+                     "--quick", "--out", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 1
+    [record] = [results.load_result(p) for p in (tmp_path / "out").glob("*.json")]
+    assert record["error"].startswith("ChecksumError") and "cifar-10-python.tar.gz" in record["error"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--framework", "caffe9"], "unknown framework 'caffe9'"),
+    (["run", "--framework", "pytorch", "--tasks", "cnn,lstm"], "unknown task(s) lstm"),
+    (["run", "--framework", "pytorch", "--epochs", "0"], "must be at least 1"),
+    (["run", "--framework", "pytorch", "--data", "imagenet"], "invalid choice: 'imagenet'"),
+    (["setup", "caffe9"], "unknown framework 'caffe9'"),
+])
+def test_bad_arguments_are_usage_errors(args, message):
+    proc = run_bench(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_unwritable_results_folder_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_bench("run", "--framework", "pytorch", "--out", str(blocker / "results"))
+    assert proc.returncode == 2 and "is not writable" in proc.stderr
+
+
+def test_framework_not_set_up_names_the_setup_command(tmp_path):
+    env = dict(os.environ, BENCH_VENV_DIR=str(tmp_path / "no-venvs"))
+    proc = run_bench("run", "--framework", "pytorch", "--out", str(tmp_path), env=env)
+    assert proc.returncode == 2
+    assert "python -m bench setup pytorch" in proc.stderr
+
+
+def test_env_prints_the_environment_record():
+    proc = run_bench("env")
+    assert proc.returncode == 0
+    record = json.loads(proc.stdout)
+    for key in ("hostname", "cpu", "gpu", "driver", "python", "container_image", "git_commit"):
+        assert key in record
+    assert record["gpu"] is None  # no GPU on this machine
+
+
+def test_list_shows_every_framework_and_its_state(tmp_path):
+    env = dict(os.environ, BENCH_VENV_DIR=str(tmp_path))
+    proc = run_bench("list", env=env)
+    assert proc.returncode == 0
+    for name in frameworks.FRAMEWORKS:
+        assert name in proc.stdout
+    assert "python -m bench setup pytorch" in proc.stdout

@@ -1,0 +1,94 @@
+"""The harness's run logic on a NumPy test double: statuses, isolation, exit codes, statistics."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import results, runner, stats
+
+
+def _run(tmp_path, monkeypatch, mode="ok", device="cpu", repeats=1, task_list=("cnn", "rnn", "resnet50")):
+    monkeypatch.setenv("FAKE_MODE", mode)
+    opts = runner.RunOptions(framework="fake", module="fake_framework", tasks=list(task_list),
+                             device=device, data="synthetic", quick=True, repeats=repeats,
+                             out=tmp_path)
+    code, records = runner.run(opts, log=lambda m: None)
+    files = sorted(tmp_path.glob("*.json"))
+    return code, records, [results.load_result(p) for p in files]
+
+
+def test_all_ok_writes_one_valid_result_per_task(tmp_path, monkeypatch):
+    code, records, on_disk = _run(tmp_path, monkeypatch)
+    assert code == runner.EXIT_OK
+    assert sorted(r["task"] for r in on_disk) == ["cnn", "resnet50", "rnn"]
+    assert all(r["status"] == "ok" and r["data"] == "synthetic" and r["accuracy"] is None for r in on_disk)
+    resnet = next(r for r in on_disk if r["task"] == "resnet50")
+    assert resnet["samples"]["images"] == 2 * 32  # quick CPU size: 2 timed batches, warm-up excluded
+    assert resnet["seconds_per_1000"] == pytest.approx(1000 * resnet["time_total_s"] / 64)
+    cnn = next(r for r in on_disk if r["task"] == "cnn")
+    assert cnn["samples"]["train"] == 40 * 64 and len(cnn["epoch_times_s"]) == 1
+
+
+def test_a_failing_task_does_not_stop_the_others(tmp_path, monkeypatch):
+    code, _, on_disk = _run(tmp_path, monkeypatch, mode="raise-rnn")
+    assert code == runner.EXIT_TASK_FAILED
+    status = {r["task"]: r["status"] for r in on_disk}
+    assert status == {"cnn": "ok", "rnn": "failed", "resnet50": "ok"}
+    rnn = next(r for r in on_disk if r["task"] == "rnn")
+    assert "refuses to build" in rnn["error"] and "in build_rnn" in rnn["log_tail"]
+
+
+def test_nan_loss_fails_the_task(tmp_path, monkeypatch):
+    code, _, on_disk = _run(tmp_path, monkeypatch, mode="nan", task_list=("cnn",))
+    assert code == runner.EXIT_TASK_FAILED
+    assert on_disk[0]["status"] == "failed" and "nan" in on_disk[0]["error"].lower()
+
+
+def test_out_of_memory_is_its_own_status(tmp_path, monkeypatch):
+    _, _, on_disk = _run(tmp_path, monkeypatch, mode="oom", task_list=("resnet50",))
+    assert on_disk[0]["status"] == "oom"
+
+
+@pytest.mark.parametrize("mode, text", [("wrong-params", "12,345 trainable parameters"),
+                                        ("wrong-shape", "shape (640, 3)")])
+def test_fidelity_breaches_fail_the_task(tmp_path, monkeypatch, mode, text):
+    _, _, on_disk = _run(tmp_path, monkeypatch, mode=mode, task_list=("cnn",))
+    assert on_disk[0]["status"] == "failed" and text in on_disk[0]["error"]
+
+
+def test_absent_gpu_is_an_error_with_no_ok_result(tmp_path, monkeypatch):
+    code, _, on_disk = _run(tmp_path, monkeypatch, device="gpu")
+    assert code == runner.EXIT_NO_DEVICE
+    assert on_disk and all(r["status"] == "failed" and "no GPU found" in r["error"] for r in on_disk)
+
+
+def test_repeats_give_median_and_spread(tmp_path, monkeypatch):
+    _, _, on_disk = _run(tmp_path, monkeypatch, repeats=3, task_list=("cnn",))
+    rec = on_disk[0]
+    totals = [r["time_total_s"] for r in rec["repeats"]]
+    assert len(totals) == 3
+    assert rec["time_total_s"] == pytest.approx(sorted(totals)[1])
+    assert rec["stats"]["time_total_s"]["n"] == 3 and rec["stats"]["time_total_s"]["ci95"] is not None
+
+
+def test_throughput_is_total_samples_over_total_time():
+    m = [runner.Measurement(time_total_s=t, epoch_times_s=[t / 2, t / 2], params=1,
+                            samples={"train": 1000, "test": 10}) for t in (1.0, 4.0, 2.0)]
+    rec = runner.fill_measurements({}, "cnn", "real", m)
+    assert rec["time_total_s"] == 2.0 and rec["throughput"] == pytest.approx(500.0)
+    assert rec["epoch_times_s"] == [1.0, 1.0]  # the median repeat's epochs
+
+
+def test_summarize():
+    s = stats.summarize([1.0, 2.0, 3.0, 10.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 10.0 and s["mad"] == 1.0
+    lo, hi = s["ci95"]
+    assert 1.0 <= lo <= 2.5 <= hi <= 10.0
+    assert stats.summarize([]) is None
+
+
+def test_summary_table_lists_every_record(tmp_path, monkeypatch):
+    _, records, _ = _run(tmp_path, monkeypatch, mode="raise-rnn")
+    table = runner.summary_table(records).splitlines()
+    assert len(table) == 4 and "failed" in table[2] and "3,441,592" in table[1]
