@@ -295,6 +295,7 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
     try:
         fw = load_framework(opts.module)
         dev = fw.init_device(opts.device, opts.precision)
+        versions = fw.versions(dev)
     except DeviceUnavailable as exc:
         log(f"error: {exc}")
         failed_all(exc, "failed")
@@ -303,12 +304,11 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
         log(f"error: {exc}")
         failed_all(exc, "skipped")
         return EXIT_TASK_FAILED, records
-    except (ImportError, AttributeError, ValueError) as exc:
-        log(f"error: {exc}")
-        failed_all(exc, "failed")
+    except Exception as exc:  # the framework would not even start: every task failed
+        log(f"error: {type(exc).__name__}: {exc}")
+        failed_all(exc, classify_failure(exc))
         return EXIT_TASK_FAILED, records
 
-    versions = fw.versions(dev)
     env.update({k: versions.get(k) for k in ("cuda", "cudnn")})
     if opts.device == "gpu" and versions.get("gpu"):
         env["gpu"] = env["gpu"] or versions["gpu"]
