@@ -112,3 +112,22 @@ def test_list_shows_every_framework_and_its_state(tmp_path):
     for name in frameworks.FRAMEWORKS:
         assert name in proc.stdout
     assert "python -m bench setup pytorch" in proc.stdout
+
+
+def test_table_compares_frameworks_side_by_side(tmp_path):
+    import shutil
+
+    from test_results import _record
+
+    for fw, t in (("pytorch", 2.0), ("tensorflow", 1.0)):
+        rec = _record(framework=fw, epoch_times_s=[t], time_total_s=t)
+        results.write_result(rec, tmp_path)
+    (tmp_path / "junk.json").write_text("{broken")
+    proc = run_bench("table", str(tmp_path))
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("| framework |") and len(lines) == 4
+    assert "| pytorch |" in lines[2] and "| 2.00 |" in lines[2] and "| 1.00 |" in lines[3]
+    assert "skipped" in proc.stderr and "junk.json" in proc.stderr
+    shutil.rmtree(tmp_path)
+    assert run_bench("table", str(tmp_path)).returncode == 2

@@ -1,0 +1,73 @@
+"""`python -m bench table DIR`: frameworks side by side from a folder of results.
+
+One row per framework (and device, and run size): seconds per epoch of the two training
+tasks and ResNet-50 seconds per 1,000 images, as a Markdown table.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+from . import results
+
+
+def load_folder(folders, warn=lambda m: print(m, file=sys.stderr)) -> list[dict]:
+    """Every valid result under the folders; anything else is skipped with a warning."""
+    records = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"results folder {folder} does not exist")
+        for path in sorted(folder.rglob("*.json")):
+            try:
+                records.append(results.load_result(path))
+            except results.ResultSchemaError as exc:
+                warn(f"warning: skipped {exc}")
+    return records
+
+
+def _cell(rows: list[dict], task: str) -> str:
+    ok = [r for r in rows if r["task"] == task and r["status"] == "ok"]
+    if not ok:
+        bad = [r["status"] for r in rows if r["task"] == task]
+        return bad[0] if bad else "-"
+    if task == "resnet50":
+        return f"{statistics.median(r['seconds_per_1000'] for r in ok):.1f}"
+    per_epoch = [t for r in ok for t in r["epoch_times_s"]]
+    return f"{statistics.median(per_epoch):.2f}"
+
+
+def comparison_table(records: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["framework"], r["device"], r.get("device_name") or "", r["quick"]), []).append(r)
+    lines = [
+        "| framework | version | device | size | CNN s/epoch | RNN s/epoch | ResNet-50 s/1000 img |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for (framework, device, device_name, quick), rows in sorted(groups.items()):
+        version = next((r["framework_version"] for r in rows if r["framework_version"]), "-")
+        where = f"{device} ({device_name})" if device_name else device
+        lines.append(f"| {framework} | {version} | {where} | {'quick' if quick else 'full'} | "
+                     f"{_cell(rows, 'cnn')} | {_cell(rows, 'rnn')} | {_cell(rows, 'resnet50')} |")
+    return "\n".join(lines)
+
+
+def cmd_table(args) -> int:
+    try:
+        records = load_folder(args.dirs)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not records:
+        print(f"error: no valid results in {', '.join(map(str, args.dirs))}", file=sys.stderr)
+        return 2
+    print(comparison_table(records))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("table", help="frameworks side by side (Markdown) from folders of results")
+    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+    p.set_defaults(handler=cmd_table)
