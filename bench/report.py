@@ -1,0 +1,332 @@
+"""The report: every result JSON merged into one self-contained HTML page and Markdown.
+
+`python render_report.py DIR [DIR ...] -o report.html [--markdown report.md]`
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import statistics
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import results
+from .table import load_folder
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = Path(__file__).parent / "templates"
+PUBLISHED = REPO_ROOT / "reference" / "published_results.json"
+MATRIX = REPO_ROOT / "matrix.yaml"
+TASK_TITLES = OrderedDict([
+    ("cnn", "CNN (VGG-style) on CIFAR-10: training"),
+    ("rnn", "GRU on IMDB: training"),
+    ("resnet50", "ResNet-50 feature extraction: inference"),
+])
+
+
+def variant_of(record: dict) -> str:
+    """The CUDA variant: the sweep's cell, else the image's, else '-' (a virtual environment)."""
+    cell = record.get("cell") or {}
+    image = (record.get("env") or {}).get("container_image") or {}
+    return cell.get("variant") or image.get("variant") or "-"
+
+
+def column_of(record: dict) -> str:
+    device = record.get("device_name") or record["device"]
+    return f"{device} / {variant_of(record)}"
+
+
+@dataclass
+class Cell:
+    """All ok results of one framework x column x task x run size: repeats pooled."""
+
+    records: list = field(default_factory=list)
+
+    @property
+    def totals(self) -> list:
+        out = []
+        for r in self.records:
+            out.extend(rep["time_total_s"] for rep in (r.get("repeats") or []))
+            if not r.get("repeats"):
+                out.append(r["time_total_s"])
+        return out
+
+    @property
+    def metric(self) -> float:
+        """Median of the figure the task is ranked by (lower is better)."""
+        r0 = self.records[0]
+        if r0["task"] == "resnet50":
+            return statistics.median(r["seconds_per_1000"] for r in self.records)
+        return statistics.median(self.totals)
+
+    @property
+    def per_epoch(self) -> float | None:
+        epochs = [t for r in self.records for t in (r.get("epoch_times_s") or [])]
+        return statistics.median(epochs) if epochs else None
+
+    @property
+    def images_per_s(self) -> float | None:
+        values = [r["throughput"] for r in self.records if r["task"] == "resnet50"]
+        return statistics.median(values) if values else None
+
+    @property
+    def spread(self) -> tuple | None:
+        totals = self.totals
+        return (min(totals), max(totals), len(totals)) if len(totals) > 1 else None
+
+    @property
+    def synthetic(self) -> bool:
+        return any(r["data"] == "synthetic" for r in self.records)
+
+    @property
+    def accuracy(self) -> float | None:
+        values = [r["accuracy"] for r in self.records if r.get("accuracy") is not None and r["data"] == "real"]
+        return statistics.median(values) if values else None
+
+
+@dataclass
+class TaskTable:
+    task: str
+    title: str
+    quick: bool
+    columns: list
+    rows: "OrderedDict[str, dict]"
+    fastest: dict
+    plot: str = ""
+
+    def cell(self, framework: str, column: str) -> Cell | None:
+        return self.rows[framework].get(column)
+
+
+def build_tables(records: list[dict]) -> list[TaskTable]:
+    ok = [r for r in records if r["status"] == "ok"]
+    tables = []
+    for task, title in TASK_TITLES.items():
+        for quick in (False, True):  # full-size and --quick runs are never mixed in one column
+            chosen = [r for r in ok if r["task"] == task and bool(r.get("quick")) == quick]
+            if not chosen:
+                continue
+            columns = sorted({column_of(r) for r in chosen})
+            rows: OrderedDict = OrderedDict()
+            for r in sorted(chosen, key=lambda r: r["framework"]):
+                rows.setdefault(r["framework"], {}).setdefault(column_of(r), Cell()).records.append(r)
+            fastest = {}
+            for col in columns:
+                cells = [(fw, c[col].metric) for fw, c in rows.items() if col in c]
+                fastest[col] = min(cells, key=lambda x: x[1])[0]
+            tables.append(TaskTable(task, title, quick, columns, rows, fastest))
+    return tables
+
+
+def cuda_ab(records: list[dict], baselines: dict) -> list[dict]:
+    """Speed-up of each CUDA variant against the baseline variant, same framework and GPU."""
+    groups: dict = {}
+    for r in records:
+        if r["status"] != "ok" or variant_of(r) == "-":
+            continue
+        key = (r["framework"], r.get("device_name") or r["device"], r["task"], bool(r.get("quick")),
+               r["precision"])
+        groups.setdefault(key, {}).setdefault(variant_of(r), Cell()).records.append(r)
+    rows = []
+    for (framework, device, task, quick, precision), variants in sorted(groups.items()):
+        if len(variants) < 2:
+            continue
+        wanted = baselines.get(framework)
+        base = wanted if wanted in variants else sorted(variants)[0]
+        base_metric = variants[base].metric
+        for name, cell in sorted(variants.items()):
+            rows.append({
+                "framework": framework, "device": device, "task": task, "quick": quick,
+                "precision": precision, "variant": name, "baseline": base,
+                "baseline_from": "matrix.yaml" if wanted == base else "first variant",
+                "metric": cell.metric, "speedup": base_metric / cell.metric,
+            })
+    return rows
+
+
+def matrix_baselines(path: Path = MATRIX) -> dict:
+    try:
+        import yaml
+
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, ImportError, ValueError):
+        return {}
+    frameworks = doc.get("frameworks") or {}
+    return {name: (entry or {}).get("baseline_variant") for name, entry in frameworks.items()
+            if isinstance(entry, dict)}
+
+
+def published(path: Path = PUBLISHED) -> dict:
+    """The 2018 figures by task: {task: {"columns": [...], "rows": {framework: {col: text}}}}."""
+    doc = json.loads(path.read_text())
+    wanted = {"train_time_total": "s", "seconds_per_1000_images": "s/1000 img", "test_accuracy": "acc"}
+    out: dict = {}
+    for row in doc["rows"]:
+        if row["metric"] not in wanted:
+            continue
+        cuda = f"CUDA {row['cuda']}, cuDNN {row['cudnn']}" if row.get("cuda") else "CUDA/cuDNN not stated"
+        column = f"{row['gpu']} ({cuda})"
+        table = out.setdefault(row["task"], {"columns": [], "rows": OrderedDict()})
+        if column not in table["columns"]:
+            table["columns"].append(column)
+        cell = table["rows"].setdefault(row["framework"], {}).setdefault(column, [])
+        unit = wanted[row["metric"]]
+        cell.append(f"{row['value']:.2f} {unit}" if unit == "acc" else f"{row['value']:g} {unit}")
+    for table in out.values():
+        table["columns"].sort()
+    return {"about": doc.get("about", ""), "source": doc["rows"][0].get("source", ""), "tasks": out}
+
+
+# ---------------------------------------------------------------- plots
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prologue: the SVG sits inline in HTML
+
+
+def plot_table(table: TaskTable) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frameworks = list(table.rows)
+    height = 0.8 / max(1, len(table.columns))
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(frameworks) * max(1, len(table.columns)) ** 0.5))
+    for i, col in enumerate(table.columns):
+        ys = [j + i * height for j, fw in enumerate(frameworks) if col in table.rows[fw]]
+        xs = [table.rows[fw][col].metric for fw in frameworks if col in table.rows[fw]]
+        ax.barh(ys, xs, height=height, label=col)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(frameworks))])
+    ax.set_yticklabels(frameworks)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per 1,000 images" if table.task == "resnet50" else "training time, s")
+    ax.legend(fontsize="small", loc="lower right")
+    ax.set_title(f"{table.title}{' (quick)' if table.quick else ''}: lower is faster", fontsize="medium")
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
+
+
+def plot_variants(rows: list[dict]) -> str | None:
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['framework']} {r['task']}{' quick' if r['quick'] else ''} {r['variant']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.35 * len(rows)))
+    ax.barh(range(len(rows)), [r["speedup"] for r in rows])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up against the baseline variant (higher is faster)")
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
+
+
+# ---------------------------------------------------------------- rendering
+
+def summary(records: list[dict]) -> dict:
+    def distinct(values):
+        return sorted({v for v in values if v})
+
+    envs = [r.get("env") or {} for r in records]
+    versions = sorted({(r["framework"], r["framework_version"]) for r in records if r.get("framework_version")})
+    return {
+        "results": len(records),
+        "failed": sum(r["status"] in ("failed", "oom") for r in records),
+        "skipped": sum(r["status"] == "skipped" for r in records),
+        "synthetic": sum(r["data"] == "synthetic" for r in records),
+        "hosts": distinct(e.get("hostname") for e in envs),
+        "cpus": distinct(e.get("cpu") for e in envs),
+        "gpus": distinct(e.get("gpu") for e in envs),
+        "drivers": distinct(e.get("driver") for e in envs),
+        "cuda": distinct(f"CUDA {e.get('cuda')} / cuDNN {e.get('cudnn') or '-'}" for e in envs if e.get("cuda")),
+        "versions": versions,
+        "first": min((r["started_at"] for r in records), default=None),
+        "last": max((r["finished_at"] for r in records), default=None),
+    }
+
+
+def context(records: list[dict], warnings: list[str], with_plots: bool = True) -> dict:
+    tables = build_tables(records)
+    if with_plots:
+        for t in tables:
+            t.plot = plot_table(t)
+    ab = cuda_ab(records, matrix_baselines())
+    return {
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "summary": summary(records),
+        "tables": tables,
+        "ab": ab,
+        "ab_plot": plot_variants(ab) if with_plots else None,
+        "published": published() if PUBLISHED.exists() else None,
+        "failures": [r for r in records if r["status"] != "ok"],
+        "warnings": warnings,
+        "schema_version": results.SCHEMA_VERSION,
+    }
+
+
+def _environment(autoescape: bool):
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=autoescape,  # a result's text never becomes markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = lambda v, d=2: "-" if v is None else f"{v:,.{d}f}"
+    env.filters["md"] = lambda v: str(v).replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+    env.globals["svg"] = lambda text: __import__("markupsafe").Markup(text) if text else ""
+    return env
+
+
+def render_html(ctx: dict) -> str:
+    return _environment(autoescape=True).get_template("report.html.j2").render(**ctx)
+
+
+def render_markdown(ctx: dict) -> str:
+    return _environment(autoescape=False).get_template("report.md.j2").render(**ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="render_report.py",
+                                     description="Merge result JSON files into one report.")
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders of result JSON")
+    parser.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file")
+    parser.add_argument("--markdown", type=Path, help="also write the report as Markdown")
+    args = parser.parse_args(argv)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        print(message, file=sys.stderr)
+
+    try:
+        records = load_folder(args.dirs, warn=warn)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not records:
+        print(f"warning: no valid results in {', '.join(map(str, args.dirs))}; the report is empty",
+              file=sys.stderr)
+    ctx = context(records, warnings)
+    results.write_atomic(args.output, render_html(ctx))
+    print(f"wrote {args.output} ({len(records)} results, {len(warnings)} files skipped)")
+    if args.markdown:
+        results.write_atomic(args.markdown, render_markdown(context(records, warnings, with_plots=False)))
+        print(f"wrote {args.markdown}")
+    return 0

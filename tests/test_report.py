@@ -1,0 +1,161 @@
+"""render_report.py: real results (two frameworks, a failed and synthetic cells) into HTML
+and Markdown, checked in headless Chromium; markup in results stays text."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bench import report, results
+from conftest import REPO
+
+FIXTURES = REPO / "tests" / "fixtures" / "results"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _fixture(name_part: str) -> dict:
+    path = next(p for p in sorted(FIXTURES.glob("*.json")) if name_part in p.name)
+    return json.loads(path.read_text())
+
+
+def _render(tmp_path, *dirs):
+    html, md = tmp_path / "report.html", tmp_path / "report.md"
+    proc = subprocess.run([sys.executable, str(REPO / "render_report.py"), *map(str, dirs),
+                           "-o", str(html), "--markdown", str(md)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return html.read_text(), md.read_text(), proc
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    folder = tmp_path / "results"
+    shutil.copytree(FIXTURES, folder)
+    return folder
+
+
+def test_fixtures_are_real_valid_results_of_two_frameworks():
+    records = [results.load_result(p) for p in FIXTURES.glob("*.json")]
+    assert {r["framework"] for r in records} == {"pytorch", "tensorflow"}
+    assert any(r["status"] == "failed" for r in records)
+    assert any(r["data"] == "synthetic" and r["status"] == "ok" for r in records)
+
+
+def test_html_and_markdown_hold_every_section(tmp_path, results_dir):
+    html, md, _ = _render(tmp_path, results_dir)
+    for task_id in ("cnn-quick", "rnn-quick", "resnet50-quick"):
+        assert f'id="{task_id}"' in html
+    assert html.count("<svg") >= 3  # one plot per task table
+    assert "synthetic data" in html and "no GPU found" in html
+    assert "Tesla K80 (CUDA 8, cuDNN 6)" in html and "Published figures, 2018" in html
+    assert "pytorch 2.14.1" in html and "tensorflow 2.21.0" in html
+    # The fastest of each column is marked once per column.
+    assert html.count("class=\"fastest\"") == 3
+    assert "| framework | AMD EPYC / - |" in md
+    assert md.count("** ★") == 3 and "no GPU found" in md and "<svg" not in md
+    for external in ('src="http', "src='http", 'href="http', "url(http", "@import", "<link"):
+        assert external not in html  # self-contained: nothing to fetch on an air-gapped cluster
+
+
+def test_synthetic_accuracy_is_never_shown(tmp_path, results_dir):
+    html, _, _ = _render(tmp_path, results_dir)
+    assert "accuracy 0" not in html
+
+
+def test_markup_in_results_renders_as_text(tmp_path, results_dir):
+    evil = _fixture("pytorch-cnn-gpu")
+    evil["error"] = "RuntimeError: <script>alert('x')</script> <b>bold</b>"
+    evil["device_name"] = "<img src=x onerror=alert(1)>"
+    results.write_result(evil, results_dir, "evil.json")
+    html, md, _ = _render(tmp_path, results_dir)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<img src=x" not in html and "&lt;img src=x" in html
+    assert "<script>" not in md
+
+
+def test_malformed_foreign_and_other_version_files_are_skipped_with_a_warning(tmp_path, results_dir):
+    (results_dir / "broken.json").write_text("{not json")
+    (results_dir / "foreign.json").write_text('{"name": "something else"}')
+    future = _fixture("tensorflow-rnn")
+    future["schema_version"] = 99
+    (results_dir / "future.json").write_text(json.dumps(future))
+    html, _, proc = _render(tmp_path, results_dir)
+    for name in ("broken.json", "foreign.json", "future.json"):
+        assert name in proc.stderr and name in html
+    assert "schema_version 99 is not supported" in proc.stderr
+    assert 'id="rnn-quick"' in html  # the report still rendered
+
+
+def _variant_result(base: dict, variant: str, total: float, quick: bool = False) -> dict:
+    rec = copy.deepcopy(base)
+    rec["cell"] = {"id": f"pytorch__{variant}__h100__cnn__fp32__r0", "variant": variant,
+                   "gpu_type": "h100", "repeat": 0, "executor": "docker"}
+    rec.update(device="gpu", device_name="NVIDIA H100 80GB HBM3", quick=quick, time_total_s=total,
+               epoch_times_s=[total], repeats=[dict(rec["repeats"][0], time_total_s=total,
+                                                     epoch_times_s=[total])])
+    return rec
+
+
+def test_cuda_ab_speedups_against_the_matrix_baseline(tmp_path, results_dir):
+    base = _fixture("pytorch-cnn-cpu")
+    for variant, total in (("cu126", 12.0), ("cu130", 10.0)):
+        results.write_result(_variant_result(base, variant, total), results_dir, f"{variant}.json")
+    records = [results.load_result(p) for p in results_dir.glob("*.json")]
+    rows = report.cuda_ab(records, {"pytorch": "cu130"})
+    speedups = {r["variant"]: r["speedup"] for r in rows}
+    assert speedups == {"cu126": pytest.approx(10.0 / 12.0), "cu130": pytest.approx(1.0)}
+    assert all(r["baseline"] == "cu130" and r["baseline_from"] == "matrix.yaml" for r in rows)
+    html, md, _ = _render(tmp_path, results_dir)
+    assert "0.833" in html and "NVIDIA H100 80GB HBM3 / cu126" in html
+    # Full-size GPU runs get their own section, never a column beside quick CPU runs.
+    assert 'id="cnn"' in html and 'id="cnn-quick"' in html
+
+
+def test_repeats_of_one_key_are_pooled(tmp_path):
+    base = _fixture("tensorflow-cnn")
+    folder = tmp_path / "r"
+    for i, total in enumerate((9.0, 11.0, 10.0)):
+        rec = copy.deepcopy(base)
+        rec.update(time_total_s=total, epoch_times_s=[total],
+                   repeats=[dict(rec["repeats"][0], time_total_s=total)])
+        results.write_result(rec, folder, f"{i}.json")
+    [table] = report.build_tables([results.load_result(p) for p in folder.glob("*.json")])
+    cell = table.cell("tensorflow", table.columns[0])
+    assert cell.metric == 10.0 and cell.spread == (9.0, 11.0, 3)
+
+
+def _chromium():
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (scripts/install.d/70-chromium.sh installs it)")
+        pytest.skip("chromium is not installed here")
+    return path
+
+
+def test_page_loads_in_headless_chromium(tmp_path, results_dir):
+    chromium = _chromium()
+    evil = _fixture("pytorch-cnn-gpu")
+    evil["error"] = "<script>document.title='pwned'</script>"
+    results.write_result(evil, results_dir, "evil.json")
+    _render(tmp_path, results_dir)
+    page = (tmp_path / "report.html").as_uri()
+    flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "<title>Deep-learning framework benchmark report</title>" in dom.stdout  # not 'pwned'
+    assert dom.stdout.count("<svg") >= 3 and dom.stdout.count("<table") >= 5
+    assert "<script" not in dom.stdout.lower()
+    assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *flags, "--window-size=1300,2400", f"--screenshot={shot}", page],
+                   capture_output=True, text=True, timeout=120, check=True)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a real, non-blank page

@@ -1,0 +1,95 @@
+"""`bench baseline` and `bench validate`: pass on the same machine, fail on a baseline twice
+as fast, refuse silently passing where there is no band."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import frameworks, validate
+from conftest import require_env, run_bench
+
+FRAMEWORK = "tensorflow"  # the quickest of the core frameworks on this CPU
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    require_env(frameworks.get(FRAMEWORK))
+    out = tmp_path_factory.mktemp("measured")
+    proc = run_bench("run", "--framework", FRAMEWORK, "--tasks", "rnn,resnet50", "--quick",
+                     "--data", "synthetic", "--repeats", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def baseline(measured, tmp_path_factory):
+    path = tmp_path_factory.mktemp("baseline") / "baseline.json"
+    # A wide floor: this test checks the mechanism on a shared, noisy machine, not its noise.
+    proc = run_bench("baseline", str(measured), "-o", str(path), "--floor", "0.6")
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_baseline_has_one_band_per_figure(baseline):
+    doc = json.loads(baseline.read_text())
+    assert doc["format"] == validate.BASELINE_FORMAT
+    assert sorted(b["task"] for b in doc["bands"]) == ["resnet50", "rnn"]
+    for band in doc["bands"]:
+        assert band["n"] == 3 and band["quick"] is True and band["data"] == "synthetic"
+        assert band["tolerance"] >= 0.6 and band["high"] > band["median"] > band["low"]
+
+
+def _validate(baseline_path, tmp_path):
+    return run_bench("validate", "--baseline", str(baseline_path), "--framework", FRAMEWORK,
+                     "--tasks", "rnn,resnet50", "--quick", "--repeats", "1", "--out", str(tmp_path))
+
+
+def test_validate_passes_against_a_baseline_from_this_machine(baseline, tmp_path):
+    proc = _validate(baseline, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.stdout.count("PASS") >= 2 and "2 passed, 0 failed" in proc.stdout
+    assert list(tmp_path.rglob("*.json")), "validate keeps the results it measured"
+
+
+def test_validate_fails_against_a_baseline_twice_as_fast(baseline, tmp_path):
+    doc = json.loads(baseline.read_text())
+    for band in doc["bands"]:
+        band["median"] /= 2
+        band["high"], band["low"] = band["median"] * 1.1, band["median"] * 0.9
+    fast = tmp_path / "fast.json"
+    fast.write_text(json.dumps(doc))
+    proc = _validate(fast, tmp_path / "out")
+    assert proc.returncode == 1
+    fail_lines = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fail_lines) == 2 and all(FRAMEWORK in line for line in fail_lines)
+    ratios = [float(line.split()[-1].rstrip("x")) for line in fail_lines]
+    assert all(1.6 < r < 3.0 for r in ratios), fail_lines  # about twice the band's median
+
+
+def test_no_band_for_this_device_is_a_distinct_exit_code(baseline, tmp_path):
+    doc = json.loads(baseline.read_text())
+    for band in doc["bands"]:
+        band["device_name"] = "NVIDIA H100 80GB HBM3"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(doc))
+    proc = run_bench("validate", "--baseline", str(other), "--quick")
+    assert proc.returncode == validate.EXIT_NO_BAND
+    assert "no band for this device" in proc.stderr
+
+
+def test_a_file_that_is_not_a_baseline_is_refused(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"bands": []}')
+    proc = run_bench("validate", "--baseline", str(path))
+    assert proc.returncode == 2 and "is not a baseline file" in proc.stderr
+
+
+def test_bands_widen_with_the_observed_spread():
+    base = {"status": "ok", "framework": "f", "task": "rnn", "precision": "fp32", "quick": True,
+            "data": "synthetic", "device": "cpu", "device_name": "cpu x"}
+    steady = dict(base, repeats=[{"time_total_s": t} for t in (10.0, 10.1, 9.9)])
+    noisy = dict(base, framework="g", repeats=[{"time_total_s": t} for t in (10.0, 14.0, 8.0)])
+    bands = {b["framework"]: b for b in validate.make_bands([steady, noisy], floor=0.05)}
+    assert bands["f"]["tolerance"] == pytest.approx(0.05)  # the floor
+    assert bands["g"]["tolerance"] >= 0.6  # 1.5 x the worst deviation (40 %)
