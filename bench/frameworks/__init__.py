@@ -54,6 +54,22 @@ FRAMEWORKS: dict[str, Framework] = {
         _python("pytorch", "PyTorch", "torch"),
         _python("tensorflow", "TensorFlow (tf.keras)", "tensorflow",
                 env={"TF_CPP_MIN_LOG_LEVEL": "2"}),
+        _python("mxnet", "MXNet (Gluon)", "mxnet"),
+        _python("chainer", "Chainer", "chainer", pip_steps=(
+            ("-r", "docker/chainer/requirements-build.txt"),
+            ("--no-build-isolation", "-r", "docker/chainer/requirements.txt"),
+        )),
+        _python("jax", "JAX (Flax)", "flax"),
+        _python("keras-jax", "Keras 3 (JAX)", "keras", module="bench.frameworks.keras_multi",
+                docker_dir="keras", pip_steps=(("-r", "docker/keras/requirements-jax.txt"),),
+                env={"KERAS_BACKEND": "jax"}),
+        _python("keras-torch", "Keras 3 (PyTorch)", "keras", module="bench.frameworks.keras_multi",
+                docker_dir="keras", pip_steps=(("-r", "docker/keras/requirements-torch.txt"),),
+                env={"KERAS_BACKEND": "torch"}),
+        _python("keras-tensorflow", "Keras 3 (TensorFlow)", "keras",
+                module="bench.frameworks.keras_multi", docker_dir="keras",
+                pip_steps=(("-r", "docker/keras/requirements-tensorflow.txt"),),
+                env={"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}),
     )
 }
 
