@@ -1,0 +1,210 @@
+"""Keras 3 on JAX, PyTorch or TensorFlow (KERAS_BACKEND), fit / predict: the three tasks.
+
+Same sections as bench/frameworks/pytorch.py:
+  1. framework and device  2. CNN  3. RNN  4. ResNet-50
+The matrix entries keras-jax, keras-torch and keras-tensorflow share this file; the
+environment variable KERAS_BACKEND, set by the registry before import, picks the engine.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import keras
+from bench.errors import DeviceUnavailable, UnsupportedPrecision
+
+BACKEND = keras.backend.backend()
+NAME = f"keras-{BACKEND}"
+_device_scope = None  # keras.device(...) entered for the whole run
+
+
+# ---------------------------------------------------------------- 1. framework and device
+
+def _backend_gpus() -> int:
+    if BACKEND == "torch":
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if BACKEND == "jax":
+        import jax
+
+        try:
+            return len(jax.devices("gpu"))
+        except RuntimeError:  # no GPU backend at all
+            return 0
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def init_device(device: str, precision: str) -> str:
+    global _device_scope
+    if precision != "fp32":
+        raise UnsupportedPrecision(f"{NAME} runs fp32 only (asked for {precision})")
+    if device == "gpu" and _backend_gpus() == 0:
+        raise DeviceUnavailable(
+            f"no GPU found: Keras {keras.__version__}'s {BACKEND} backend sees no GPU; check the "
+            "driver and nvidia-smi, or run with --device cpu")
+    if BACKEND == "tensorflow" and device == "cpu":
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")  # --device cpu means the CPU alone
+    # NCHW on NVIDIA GPUs (TASKS.md); TensorFlow's CPU kernels need NHWC.
+    keras.config.set_image_data_format("channels_first" if device == "gpu" else "channels_last")
+    # Torch's backend wants a bare "cpu": "cpu:0" turns its parameters into plain tensors.
+    index = "" if BACKEND == "torch" else ":0"
+    _device_scope = keras.device(("gpu" if device == "gpu" else "cpu") + index)
+    _device_scope.__enter__()  # every tensor of the run lives on that device
+    return device
+
+
+def synchronize(dev: str) -> None:
+    if dev != "gpu":
+        return
+    if BACKEND == "torch":
+        import torch
+
+        torch.cuda.synchronize()
+    elif BACKEND == "jax":
+        import jax
+
+        jax.effects_barrier()
+    else:
+        import tensorflow as tf
+
+        tf.test.experimental.sync_devices()
+
+
+def versions(dev: str) -> dict:
+    cuda = cudnn = gpu = None
+    if BACKEND == "torch":
+        import torch as engine
+
+        cuda = engine.version.cuda
+        cudnn = str(engine.backends.cudnn.version()) if engine.backends.cudnn.is_available() else None
+        gpu = engine.cuda.get_device_name(0) if dev == "gpu" else None
+    elif BACKEND == "jax":
+        import jax as engine
+
+        gpu = engine.devices("gpu")[0].device_kind if dev == "gpu" else None
+    else:
+        import tensorflow as engine
+
+        build = engine.sysconfig.get_build_info()
+        cuda, cudnn = build.get("cuda_version"), build.get("cudnn_version")
+    return {"framework_version": f"{keras.__version__} ({BACKEND} {engine.__version__})",
+            "cuda": cuda, "cudnn": cudnn, "gpu": gpu}
+
+
+def data_format(dev: str) -> str:
+    return "NCHW" if dev == "gpu" else "NHWC"
+
+
+def count_params(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def conventions(task: str, dev: str) -> dict:
+    layout = data_format(dev)
+    fit = f"keras fit on {BACKEND} (jit_compile=auto)"
+    if task == "cnn":
+        return {"layout": layout, "init": "glorot_uniform weights, zero biases (Keras defaults)",
+                "fast_path": [fit]}
+    if task == "rnn":
+        return {"gru_bias": "two vectors per gate (reset_after=True, cuDNN layout)", "gru_biases": 600,
+                "gru_kernel": f"Keras GRU on {BACKEND} (cuDNN where the backend offers it)",
+                "fast_path": [fit]}
+    return {"resnet_conv_bias": True, "weights": "random", "layout": layout,
+            "source": "keras.applications.ResNet50(include_top=False, pooling='avg')",
+            "fast_path": ["predict_on_batch"]}
+
+
+class _Progress(keras.callbacks.Callback):
+    """Hands Keras's batch count to the harness's progress line."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.batch_done(batch + 1)
+
+
+# ---------------------------------------------------------------- 2. CNN
+
+def build_cnn(spec, dev: str):
+    c1, c2, c3, c4 = spec.conv_channels
+    k = spec.kernel_size
+    channels, height, width = spec.image_shape
+    shape = (channels, height, width) if dev == "gpu" else (height, width, channels)
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input(shape=shape),
+        layers.Conv2D(c1, k, padding="same"), layers.Activation("relu"),
+        layers.Conv2D(c2, k, padding="same"), layers.MaxPooling2D(2, 2), layers.Activation("relu"),
+        layers.Dropout(spec.conv_dropout),
+        layers.Conv2D(c3, k, padding="same"), layers.Activation("relu"),
+        layers.Conv2D(c4, k, padding="same"), layers.MaxPooling2D(2, 2), layers.Activation("relu"),
+        layers.Dropout(spec.conv_dropout),
+        layers.Flatten(),
+        layers.Dense(spec.dense_units), layers.Activation("relu"),
+        layers.Dropout(spec.dense_dropout),
+        layers.Dense(spec.classes),
+    ])
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=spec.lr, momentum=spec.momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def train_cnn_epoch(model, batches, spec) -> float:
+    return _train_epoch(model, batches, spec)
+
+
+def predict_cnn(model, x: np.ndarray, spec) -> np.ndarray:
+    return model.predict(x, batch_size=spec.batch_size, verbose=0)
+
+
+def _train_epoch(model, batches, spec) -> float:
+    history = model.fit(batches.x, batches.y, batch_size=spec.batch_size, epochs=1,
+                        shuffle=False, verbose=0, callbacks=[_Progress(batches)])
+    return history.history["loss"][-1]
+
+
+# ---------------------------------------------------------------- 3. RNN
+
+def build_rnn(spec, dev: str):
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input(shape=(spec.seq_len,), dtype="int32"),
+        layers.Embedding(spec.max_features, spec.embedding_dim),
+        layers.GRU(spec.gru_units),  # cuDNN kernel where the backend has one; last time step
+        layers.Dense(spec.classes),
+    ])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=spec.lr, beta_1=spec.beta1,
+                                        beta_2=spec.beta2, epsilon=spec.epsilon),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def train_rnn_epoch(model, batches, spec) -> float:
+    return _train_epoch(model, batches, spec)
+
+
+def predict_rnn(model, x: np.ndarray, spec) -> np.ndarray:
+    return model.predict(x, batch_size=spec.batch_size, verbose=0)
+
+
+# ---------------------------------------------------------------- 4. ResNet-50
+
+def build_resnet50(spec, dev: str):
+    channels, height, width = spec.image_shape
+    shape = (channels, height, width) if dev == "gpu" else (height, width, channels)
+    return keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape,
+                                       pooling="avg")
+
+
+def extract_features(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict_on_batch(x))
