@@ -59,6 +59,8 @@ FRAMEWORKS: dict[str, Framework] = {
             ("-r", "docker/chainer/requirements-build.txt"),
             ("--no-build-isolation", "-r", "docker/chainer/requirements.txt"),
         )),
+        _python("cntk", "CNTK", "cntk", runs_here=False,
+                note="container only, not run here: CNTK 2.7 has no wheel for Python 3.11"),
         _python("jax", "JAX (Flax)", "flax"),
         _python("keras-jax", "Keras 3 (JAX)", "keras", module="bench.frameworks.keras_multi",
                 docker_dir="keras", pip_steps=(("-r", "docker/keras/requirements-jax.txt"),),

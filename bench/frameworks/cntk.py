@@ -1,0 +1,195 @@
+"""CNTK 2.7 (cntk-gpu, CUDA 10.0 / cuDNN 7): the three tasks of TASKS.md, as the original
+Rosetta Stone used CNTK (momentum_sgd with unit_gain=False, optimized_rnnstack GRU).
+
+Same sections as bench/frameworks/pytorch.py:
+  1. framework and device  2. CNN  3. RNN  4. ResNet-50
+Container only: CNTK has wheels for Python 3.5-3.7 alone. This file stays valid Python 3.6
+(tests/test_cntk_static.py checks it), the harness needs 3.7, so docker/cntk uses 3.7.
+"""
+import cntk as C
+import numpy as np
+
+from bench.data import to_one_hot
+from bench.errors import DeviceUnavailable, UnsupportedPrecision
+from bench.runner import batches_of
+
+NAME = "cntk"
+
+
+class Model(object):
+    """The network's output function, its inputs and (for training) its Trainer."""
+
+    def __init__(self, z, x, y=None, trainer=None, sparse_tokens=None):
+        self.z, self.x, self.y, self.trainer = z, x, y, trainer
+        self.sparse_tokens = sparse_tokens  # RNN: the vocabulary size of the one-hot input
+
+
+# ---------------------------------------------------------------- 1. framework and device
+
+def init_device(device, precision):
+    if precision != "fp32":
+        raise UnsupportedPrecision("{} runs fp32 only (asked for {})".format(NAME, precision))
+    if device == "gpu":
+        gpus = [d for d in C.device.all_devices() if d.type() == C.device.DeviceKind.GPU]
+        if not gpus:
+            raise DeviceUnavailable(
+                "no GPU found: CNTK {} lists no GPU device (cntk-gpu needs CUDA 10.0 and "
+                "cuDNN 7); check the driver and nvidia-smi, or run with --device cpu".format(
+                    C.__version__))
+        C.device.try_set_default_device(C.device.gpu(gpus[0].id()))
+        return "gpu"
+    C.device.try_set_default_device(C.device.cpu())
+    return "cpu"
+
+
+def synchronize(dev):
+    # CNTK's train_minibatch and eval return once the device is done (losses and outputs
+    # come back to the host), so there is nothing left in flight to wait for.
+    return None
+
+
+def versions(dev):
+    # CNTK does not report its CUDA/cuDNN; cntk-gpu 2.7 is built against CUDA 10.0, cuDNN 7.
+    return {
+        "framework_version": C.__version__,
+        "cuda": "10.0" if dev == "gpu" else None,
+        "cudnn": "7" if dev == "gpu" else None,
+        "gpu": "gpu({})".format(C.device.use_default_device().id()) if dev == "gpu" else None,
+    }
+
+
+def data_format(dev):
+    return "NCHW"
+
+
+def count_params(model):
+    return int(sum(np.prod(p.shape) for p in model.z.parameters))
+
+
+def conventions(task, dev):
+    if task == "cnn":
+        return {"layout": "NCHW", "init": "glorot_uniform weights, zero biases",
+                "fast_path": ["momentum_sgd unit_gain=False (classic momentum)"]}
+    if task == "rnn":
+        if dev == "gpu":
+            return {"gru_bias": "two vectors per gate (optimized_rnnstack, cuDNN layout)",
+                    "gru_biases": 600, "gru_kernel": "cuDNN (optimized_rnnstack)", "fast_path": []}
+        return {"gru_bias": "one vector per gate (C.layers.GRU, optimized_rnnstack is GPU only)",
+                "gru_biases": 300, "gru_kernel": "C.layers.Recurrence(GRU) on the CPU", "fast_path": []}
+    return {"resnet_conv_bias": False, "weights": "random (he_normal)",
+            "source": "ResNet-50 written with CNTK layers (torchvision layout)", "fast_path": []}
+
+
+# ---------------------------------------------------------------- 2. CNN
+
+def build_cnn(spec, dev):
+    c1, c2, c3, c4 = spec.conv_channels
+    k = (spec.kernel_size, spec.kernel_size)
+    x = C.input_variable(spec.image_shape)
+    y = C.input_variable(spec.classes)
+    with C.layers.default_options(init=C.glorot_uniform(), activation=None, pad=True):
+        z = C.layers.Sequential([
+            C.layers.Convolution2D(k, c1), C.relu,
+            C.layers.Convolution2D(k, c2), C.layers.MaxPooling((2, 2), strides=(2, 2), pad=False), C.relu,
+            C.layers.Dropout(spec.conv_dropout),
+            C.layers.Convolution2D(k, c3), C.relu,
+            C.layers.Convolution2D(k, c4), C.layers.MaxPooling((2, 2), strides=(2, 2), pad=False), C.relu,
+            C.layers.Dropout(spec.conv_dropout),
+            C.layers.Dense(spec.dense_units), C.relu,  # Dense maps all of (100, 8, 8)
+            C.layers.Dropout(spec.dense_dropout),
+            C.layers.Dense(spec.classes),
+        ])(x)
+    loss = C.cross_entropy_with_softmax(z, y)
+    learner = C.momentum_sgd(z.parameters, lr=C.learning_parameter_schedule(spec.lr),
+                             momentum=C.momentum_schedule(spec.momentum), unit_gain=False)
+    trainer = C.Trainer(z, (loss, C.classification_error(z, y)), [learner])
+    return Model(z, x, y, trainer)
+
+
+def train_cnn_epoch(model, batches, spec):
+    return _train_epoch(model, batches, spec)
+
+
+def predict_cnn(model, x, spec):
+    return _predict(model, x, spec.batch_size)
+
+
+def _feed(model, x):
+    if model.sparse_tokens:  # token ids -> one sparse one-hot sequence per review
+        return C.Value.one_hot(x.tolist(), model.sparse_tokens)
+    return x
+
+
+def _train_epoch(model, batches, spec):
+    total = 0.0
+    for x, y in batches:
+        model.trainer.train_minibatch({model.x: _feed(model, x), model.y: to_one_hot(y, spec.classes)})
+        total += model.trainer.previous_minibatch_loss_average
+    return total / len(batches)
+
+
+def _predict(model, x, batch_size):
+    logits = [np.asarray(model.z.eval({model.x: _feed(model, xb)})).reshape(len(xb), -1)
+              for xb in batches_of(x, batch_size)]
+    return np.concatenate(logits)
+
+
+# ---------------------------------------------------------------- 3. RNN
+
+def build_rnn(spec, dev):
+    x = C.sequence.input_variable(spec.max_features, is_sparse=True)
+    y = C.input_variable(spec.classes)
+    embedded = C.layers.Embedding(spec.embedding_dim)(x)
+    if dev == "gpu":
+        weights = C.parameter((C.InferredDimension, spec.embedding_dim), init=C.glorot_uniform())
+        outputs = C.optimized_rnnstack(embedded, weights, spec.gru_units, 1, recurrent_op="gru")
+    else:
+        outputs = C.layers.Recurrence(C.layers.GRU(spec.gru_units))(embedded)
+    z = C.layers.Dense(spec.classes)(C.sequence.last(outputs))  # the last time step
+    loss = C.cross_entropy_with_softmax(z, y)
+    learner = C.adam(z.parameters, lr=C.learning_parameter_schedule(spec.lr),
+                     momentum=C.momentum_schedule(spec.beta1), unit_gain=True,
+                     variance_momentum=C.momentum_schedule(spec.beta2), epsilon=spec.epsilon)
+    trainer = C.Trainer(z, (loss, C.classification_error(z, y)), [learner])
+    return Model(z, x, y, trainer, sparse_tokens=spec.max_features)
+
+
+def train_rnn_epoch(model, batches, spec):
+    return _train_epoch(model, batches, spec)
+
+
+def predict_rnn(model, x, spec):
+    return _predict(model, x, spec.batch_size)
+
+
+# ---------------------------------------------------------------- 4. ResNet-50
+
+def _conv_bn(x, filters, kernel, strides=(1, 1), relu=True):
+    h = C.layers.Convolution2D(kernel, filters, strides=strides, pad=True, bias=False,
+                               init=C.he_normal())(x)
+    h = C.layers.BatchNormalization(map_rank=1)(h)
+    return C.relu(h) if relu else h
+
+
+def _bottleneck(x, filters, strides, project):
+    h = _conv_bn(x, filters, (1, 1))
+    h = _conv_bn(h, filters, (3, 3), strides)  # stride on the 3x3 conv, as torchvision
+    h = _conv_bn(h, 4 * filters, (1, 1), relu=False)
+    shortcut = _conv_bn(x, 4 * filters, (1, 1), strides, relu=False) if project else x
+    return C.relu(h + shortcut)
+
+
+def build_resnet50(spec, dev):
+    x = C.input_variable(spec.image_shape)
+    h = _conv_bn(x, 64, (7, 7), (2, 2))
+    h = C.layers.MaxPooling((3, 3), strides=(2, 2), pad=True)(h)
+    for stage, (blocks, filters) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for block in range(blocks):
+            strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
+            h = _bottleneck(h, filters, strides, project=block == 0)
+    z = C.reshape(C.layers.GlobalAveragePooling()(h), (4 * 512,))  # 2,048 features
+    return Model(z, x)
+
+
+def extract_features(model, x):
+    return np.asarray(model.z.eval({model.x: x}))
