@@ -1,0 +1,196 @@
+"""The sweep: matrix validation, plan, resume, failure isolation, executors' requests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import envinfo, frameworks, matrix, results, runner, sweep, tasks
+from conftest import REPO, require_env, run_bench
+
+LOCAL_MATRIX = """\
+version: 1
+tasks: [rnn]
+precisions: [fp32]
+repeats: 1
+quick: true
+data: synthetic
+frameworks:
+  pytorch: {}
+  tensorflow: {}
+gpus:
+  cpu: {device: cpu}
+  h100: {device: gpu, gres: "gpu:h100:1"}   # absent here: these cells fail, the others go on
+"""
+
+
+def _write(tmp_path, text, name="matrix.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.slow
+def test_local_sweep_resumes_and_isolates_failures(tmp_path):
+    for name in ("pytorch", "tensorflow"):
+        require_env(frameworks.get(name))
+    m, out = _write(tmp_path, LOCAL_MATRIX), tmp_path / "out"
+    first = run_bench("sweep", str(m), "--executor", "local", "--out", str(out))
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-2000:]  # the h100 cells failed
+    records = {p.stem: results.load_result(p) for p in out.glob("*.json")}
+    assert set(records) == {f"{fw}__venv__{gpu}__rnn__fp32__r0__quick"
+                            for fw in ("pytorch", "tensorflow") for gpu in ("cpu", "h100")}
+    for cell_id, rec in records.items():
+        assert rec["cell"]["id"] == cell_id and rec["cell"]["executor"] == "local"
+        if "__cpu__" in cell_id:
+            assert rec["status"] == "ok" and rec["params"] == 3_818_302
+        else:
+            assert rec["status"] == "failed" and "no GPU found" in rec["error"]
+    assert (out / "logs" / "pytorch__venv__cpu__rnn__fp32__r0__quick.log").exists()
+    assert "ok 1" in first.stdout and "left 0" in first.stdout  # progress lines
+
+    mtimes = {p: p.stat().st_mtime for p in out.glob("*.json")}
+    second = run_bench("sweep", str(m), "--executor", "local", "--out", str(out))
+    assert second.returncode == 0 and "4 already done (resume), 0 to run" in second.stdout
+    assert mtimes == {p: p.stat().st_mtime for p in out.glob("*.json")}  # nothing ran again
+
+    retry = run_bench("sweep", str(m), "--executor", "local", "--out", str(out), "--rerun-failed",
+                      "--dry-run")
+    planned = [line.split()[1] for line in retry.stdout.splitlines() if line.startswith("  run ")]
+    assert sorted(planned) == sorted(c for c in records if "__h100__" in c)
+
+
+def _cell(**kw):
+    base = dict(framework="pytorch", variant="venv", gpu="cpu", device="cpu", task="rnn",
+                precision="fp32", repeat=0, quick=True)
+    return matrix.Cell(**{**base, **kw})
+
+
+def _ok_record(cell):
+    spec = tasks.sized(cell.task, cell.device, cell.quick)
+    rec = runner.base_record(cell.framework, cell.task, cell.device, cell.precision, cell.quick,
+                             spec, envinfo.capture())
+    rec["framework_version"] = "2.14.1"
+    m = runner.Measurement(time_total_s=1.0, epoch_times_s=[1.0], params=3_818_302,
+                           samples={"train": 1280, "test": 640}, final_loss=0.5)
+    return runner.fill_measurements(rec, cell.task, "synthetic", [m])
+
+
+def test_an_ok_result_is_never_replaced_by_a_failed_one(tmp_path):
+    cell = _cell()
+    assert sweep.store(tmp_path, cell, _ok_record(cell)) == "ok"
+    failed = sweep.failure_record(cell, "local", "failed", "boom", "log")
+    assert "kept the earlier ok result" in sweep.store(tmp_path, cell, failed)
+    assert results.load_result(tmp_path / f"{cell.id}.json")["status"] == "ok"
+    [attempt] = (tmp_path / "attempts").glob("*.json")
+    assert results.load_result(attempt)["error"] == "boom"
+
+
+def test_interrupt_keeps_finished_cells_and_marks_the_running_one(tmp_path):
+    require_env(frameworks.get("tensorflow"))
+    m = _write(tmp_path, LOCAL_MATRIX.replace("  pytorch: {}\n", "").replace(
+        '  h100: {device: gpu, gres: "gpu:h100:1"}   # absent here: these cells fail, the others go on\n', ""))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "sweep", str(m), "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "logs" / "tensorflow__venv__cpu__rnn__fp32__r0__quick.log"
+    deadline = time.monotonic() + 120
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "the next run resumes" in stderr
+    [rec] = [results.load_result(p) for p in out.glob("*.json")]
+    assert rec["status"] == "failed" and "interrupted" in rec["error"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".tensorflow")], "temp folder left"
+
+
+@pytest.mark.parametrize("change, message", [
+    ("frameworks:\n  caffe3: {}\n", "framework 'caffe3' (line 10) has no implementation"),
+    ("frameworks:\n  pytorch:\n    variants:\n      cu999: {pip_index: x}\n",
+     "frameworks.pytorch.variants.cu999 (line 12) has no image"),
+    ("frameworks:\n  pytorch:\n    baseline_variant: cu1\n    variants: {cu2: {base_image: a}}\n",
+     "baseline_variant 'cu1' (line 11) is not one of its variants"),
+    ("gpus:\n  h200: {gres: 'gpu:h200:1'}\n", "GPU type 'h200' (line 10) has no mapping"),
+    ("colour: blue\n", "unknown key 'colour' (line 9)"),
+    ("frameworks:\n  pytorch: {shoe_size: 9}\n", "unknown key 'frameworks.pytorch.shoe_size' (line 10)"),
+])
+def test_matrix_errors_name_the_key_and_its_line(tmp_path, change, message):
+    base = "version: 1\ntasks: [cnn]\nprecisions: [fp32]\nrepeats: 1\nquick: true\ndata: synthetic\n" \
+           "timeout_s: 60\nexecutors: {local: {}}\n"
+    defaults = {"frameworks": "frameworks:\n  pytorch: {}\n", "gpus": "gpus:\n  cpu: {device: cpu}\n"}
+    key = change.split(":")[0]
+    text = base + change + "".join(v for k, v in defaults.items() if k != key)
+    with pytest.raises(matrix.MatrixError) as info:
+        matrix.load(_write(tmp_path, text))
+    assert message in str(info.value)
+
+
+def test_the_shipped_matrix_is_valid_and_expands():
+    m = matrix.load(REPO / "matrix.yaml")
+    local = m.cells("local", only_gpus=["cpu"], quick=True)
+    assert len(local) == len(m.frameworks) * len(m.doc["tasks"])
+    assert all(c.variant == "venv" and c.quick for c in local)
+    docker_cells = m.cells("docker", only_frameworks=["pytorch"], only_gpus=["h100"])
+    assert {c.variant for c in docker_cells} == set(m.variants("pytorch"))
+    assert len({c.id for c in m.cells("docker")}) == len(m.cells("docker"))  # stable, unique ids
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--dry-run",
+                     "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0
+    assert "pytorch__venv__cpu__cnn__fp32__r0__quick" in proc.stdout
+    assert not (tmp_path / "out" / "logs").exists()
+
+
+def test_cli_narrowing_errors(tmp_path):
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--frameworks", "theano", "--dry-run")
+    assert proc.returncode == 2 and "'theano' is not in" in proc.stderr
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "v100", "--dry-run")
+    assert proc.returncode == 2 and "'v100' is not in" in proc.stderr
+
+
+class _Args:
+    data, timeout = "synthetic", 600
+
+
+def test_docker_executor_request(tmp_path):
+    docker = pytest.importorskip("docker")
+    m = matrix.load(REPO / "matrix.yaml")
+    executor = sweep.DockerExecutor(m, _Args(), client=object())
+    gpu_cell = _cell(variant="cu130", gpu="h100", device="gpu", task="cnn", quick=False)
+    kw = executor.run_kwargs(gpu_cell, tmp_path)
+    assert kw["image"] == "bench-pytorch:cu130"
+    assert kw["command"][:4] == ["--framework", "pytorch", "--tasks", "cnn"]
+    assert kw["command"][kw["command"].index("--out") + 1] == "/results"
+    assert kw["volumes"] == {"bench-data": {"bind": "/data", "mode": "rw"},
+                             str(tmp_path): {"bind": "/results", "mode": "rw"}}
+    [request] = kw["device_requests"]
+    assert isinstance(request, docker.types.DeviceRequest)
+    assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
+    cpu_kw = executor.run_kwargs(_cell(variant="cu130"), tmp_path)
+    assert "device_requests" not in cpu_kw and "--quick" in cpu_kw["command"]
+
+
+def test_slurm_job_scripts(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep.shutil, "which", lambda name: "/usr/bin/" + name)
+    m = matrix.load(REPO / "matrix.yaml")
+    executor = sweep.SlurmExecutor(m, _Args())
+    cell = _cell(gpu="h100", device="gpu", task="resnet50", quick=False)
+    script = executor.script(cell, tmp_path / "o", tmp_path / "log")
+    assert "#SBATCH --gres=gpu:h100:1" in script and "#SBATCH --time=04:00:00" in script
+    assert f"-m bench run --framework pytorch --tasks resnet50 --device gpu" in script
+    executor.runner = "podman"
+    podman = executor.script(_cell(variant="cu130", gpu="h100", device="gpu"), tmp_path / "o", tmp_path / "l")
+    assert "podman run --rm --device nvidia.com/gpu=all" in podman and "bench-pytorch:cu130" in podman
+    assert podman.strip().endswith("--out /results --quick") and " run --framework" not in podman
