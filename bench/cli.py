@@ -44,18 +44,23 @@ def _positive(text: str) -> int:
 
 
 def add_run_arguments(p: argparse.ArgumentParser, framework_required: bool = True) -> None:
-    p.add_argument("--framework", "-f", required=framework_required,
-                   help="framework name (see `python -m bench list`)")
-    p.add_argument("--tasks", type=_tasks, default=list(tasks.TASK_NAMES),
-                   help="comma-separated: cnn,rnn,resnet50 (default: all)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--data", choices=DATA_MODES, default="auto",
+    # Containers (compose.yml) choose tasks, device, data and size through these variables.
+    env = os.environ
+    p.add_argument("--framework", "-f", required=framework_required and not env.get("BENCH_FRAMEWORK"),
+                   default=env.get("BENCH_FRAMEWORK"),
+                   help="framework name (see `python -m bench list`; default $BENCH_FRAMEWORK)")
+    p.add_argument("--tasks", type=_tasks, default=env.get("BENCH_TASKS") or ",".join(tasks.TASK_NAMES),
+                   help="comma-separated: cnn,rnn,resnet50 (default: all, or $BENCH_TASKS)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default=env.get("BENCH_DEVICE") or "cpu",
+                   help="default: cpu, or $BENCH_DEVICE")
+    p.add_argument("--data", choices=DATA_MODES, default=env.get("BENCH_DATA") or "auto",
                    help="real: the real data sets (error if unavailable); synthetic: seeded "
                         "data of the same shapes; auto: real when cached or downloadable")
     p.add_argument("--epochs", type=_positive, default=None,
                    help="override the epochs of the training tasks")
     p.add_argument("--quick", action="store_true",
-                   help="a few batches, one epoch, a few ResNet batches (minutes on a CPU)")
+                   default=env.get("BENCH_QUICK", "").lower() in ("1", "true", "yes"),
+                   help="a few batches, one epoch, a few ResNet batches (minutes on a CPU; $BENCH_QUICK=1)")
     p.add_argument("--repeats", type=_positive, default=1,
                    help="repeat each task; results report the median and the spread")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")

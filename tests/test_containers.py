@@ -1,0 +1,131 @@
+"""The images: hadolint, one variant table, compose.yml, preflight errors, and a real build
+and compose run through podman (scripts/container-smoke)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import yaml
+
+from bench import frameworks, images, matrix
+from conftest import REPO
+
+DOCKERFILES = sorted((REPO / "docker").glob("*/Dockerfile"))
+MATRIX = matrix.load(REPO / "matrix.yaml")
+
+
+def _tool(name):
+    from pathlib import Path
+
+    path = Path(sys.executable).with_name(name)
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: pip install -e '.[test]'"
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_hadolint_is_clean(dockerfile):
+    proc = subprocess.run([_tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for line in dockerfile.read_text().splitlines():
+        if "hadolint ignore=" in line:  # every ignored rule is justified just above
+            text = dockerfile.read_text()
+            above = text[:text.index(line)].rstrip().splitlines()[-1]
+            assert above.startswith("#") and len(above) > 20, f"unjustified: {line}"
+
+
+def test_every_python_framework_has_an_image_that_uses_its_pins():
+    for fw in frameworks.FRAMEWORKS.values():
+        dockerfile = fw.docker_path / "Dockerfile"
+        assert dockerfile.exists(), f"{fw.name}: {dockerfile} missing"
+        text = dockerfile.read_text()
+        for step in fw.pip_steps:
+            for i, arg in enumerate(step):
+                if arg == "-r":
+                    pin = step[i + 1]
+                    assert pin in text or f"{os.path.dirname(pin)}/" in text, f"{fw.name}: {pin} not used"
+        assert 'ENTRYPOINT ["python' in text and "-m\", \"bench\", \"run\"]" in text
+        assert "USER 1000" in text and "BENCH_NO_VENV=1" in text
+
+
+def test_dockerfile_defaults_are_the_matrix_baseline_variants():
+    for name in MATRIX.frameworks:
+        text = frameworks.get(name).docker_path.joinpath("Dockerfile").read_text()
+        baseline = MATRIX.frameworks[name]["baseline_variant"]
+        if frameworks.get(name).docker_dir != name:
+            continue  # a shared Dockerfile (keras-*) defaults to one of its entries
+        default = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M).group(1)
+        assert default == MATRIX.variants(name)[baseline]["base_image"], name
+        assert f"ARG CUDA_VARIANT={baseline}" in text, name
+
+
+def test_compose_is_generated_from_the_matrix_and_valid():
+    text = (REPO / "compose.yml").read_text()
+    assert text == images.compose_text(MATRIX), "compose.yml is stale: python -m bench.images compose > compose.yml"
+    doc = yaml.safe_load(text)
+    assert "version" not in doc
+    schema = json.loads((REPO / "docker" / "compose-spec.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    for name in MATRIX.frameworks:
+        gpu, cpu = doc["services"][f"bench-{name}"], doc["services"][f"bench-{name}-cpu"]
+        [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
+        assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+        assert "deploy" not in cpu and cpu["profiles"] == ["cpu"] and cpu["environment"]["BENCH_DEVICE"] == "cpu"
+        assert "bench-data:/data" in gpu["volumes"] and "${BENCH_RESULTS_DIR:-./results}:/results" in gpu["volumes"]
+    assert "bench-data" in doc["volumes"]
+
+
+def test_docker_compose_accepts_the_file():
+    compose = _tool("docker-compose")
+    proc = subprocess.run([compose, "-f", str(REPO / "compose.yml"), "config", "-q"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unknown_variant_is_refused_before_any_build():
+    proc = subprocess.run([sys.executable, "-m", "bench.images", "build", "pytorch", "cu999"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown CUDA variant 'cu999' for pytorch" in proc.stderr and "cu126, cu128, cu130" in proc.stderr
+    assert "+ docker build" not in proc.stdout
+
+
+def test_preflight_refuses_a_gpu_run_without_the_nvidia_runtime(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver")
+    proc = subprocess.run([sys.executable, "-m", "bench.images", "preflight", "--gpu", "--results",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no NVIDIA driver" in proc.stderr and "-cpu" in proc.stderr
+
+
+def test_preflight_refuses_an_unwritable_results_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "bench.images", "preflight", "--results",
+                           str(blocker / "results")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "is not writable" in proc.stderr
+
+
+def test_build_command_carries_the_variant(tmp_path):
+    cmd = images.build_command(MATRIX, "mxnet", "cu112", "podman")
+    assert cmd[:2] == ["podman", "build"] and "bench-mxnet:cu112" in cmd
+    assert "GPU_PACKAGES=mxnet-cu112==1.9.1" in cmd
+    assert "BASE_IMAGE=nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04" in cmd
+    keras = images.build_command(MATRIX, "keras-torch", "cu130")
+    assert "KERAS_BACKEND=torch" in keras and str(REPO / "docker/keras/Dockerfile") in keras
+
+
+@pytest.mark.slow
+def test_images_build_and_compose_runs_for_real(tmp_path):
+    if not shutil.which("podman") and not os.environ.get("CI"):
+        pytest.skip("podman is not installed here (scripts/install.d/40-containers.sh installs it)")
+    proc = subprocess.run([str(REPO / "scripts" / "container-smoke")], cwd=REPO, capture_output=True,
+                          text=True, timeout=2400, env=dict(os.environ, BENCH_SMOKE_DIR=str(tmp_path)))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("ok  ") == 3 and "container smoke test passed" in proc.stdout
