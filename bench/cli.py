@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,7 +111,12 @@ def cmd_list(args) -> int:
     rows = [("framework", "language", "environment", "note")]
     for fw in frameworks.FRAMEWORKS.values():
         st = venvs.state(fw)
-        if st == "ready":
+        if fw.language != "python":
+            tool = {"r": "Rscript", "julia": "julia"}[fw.language]
+            found = shutil.which(tool)
+            where = (f"{tool} found ({found})" if found else
+                     "container only, not run here" if not fw.runs_here else f"needs {tool} (R)")
+        elif st == "ready":
             where = f"installed ({frameworks.venv_path(fw)})"
         elif st == "stale":
             where = f"pins changed: re-run `python -m bench setup {fw.name}`"
@@ -142,7 +148,11 @@ def cmd_run(args, argv: list[str]) -> int:
     if fw.language != "python":
         from . import external
 
-        return external.run(fw, args)
+        try:
+            return external.run(fw, args)
+        except external.LaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not fw.runs_here and not os.environ.get("BENCH_NO_VENV"):
         print(f"error: {fw.name} is container only here: {fw.note}", file=sys.stderr)
         return 2

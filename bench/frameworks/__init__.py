@@ -72,6 +72,11 @@ FRAMEWORKS: dict[str, Framework] = {
                 module="bench.frameworks.keras_multi", docker_dir="keras",
                 pip_steps=(("-r", "docker/keras/requirements-tensorflow.txt"),),
                 env={"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}),
+        Framework(name="r-keras", display="R: Keras (TensorFlow) through reticulate", language="r",
+                  docker_dir="r-keras", pip_steps=(("-r", "docker/tensorflow/requirements.txt"),),
+                  note="r/bench.R; runs TensorFlow's environment (.venvs/tensorflow) through reticulate"),
+        Framework(name="knet", display="Julia: Knet", language="julia", docker_dir="knet", runs_here=False,
+                  note="julia/bench.jl; container only, not run here: Julia cannot be installed on this machine"),
     )
 }
 

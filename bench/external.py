@@ -1,0 +1,162 @@
+"""Frameworks in other languages (R through reticulate, Julia Knet), driven by the harness.
+
+The harness keeps what it owns everywhere: data (written as .npy for the foreign program),
+hyperparameters (the sized spec, in a request JSON), checks and the result record. The
+foreign program builds the model, trains or infers, times itself (another process cannot
+be timed from here) and writes a measurement JSON plus its test logits; the harness checks
+parameter counts, shapes and losses, computes accuracy and writes the usual result.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_mod
+from . import envinfo, frameworks, results, runner, tasks, venvs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_NO_DEVICE_FOREIGN = 3  # the foreign program's exit code for "the device asked for is absent"
+
+
+class LaunchError(RuntimeError):
+    """The foreign toolchain or its environment is missing: a usage error, exit 2."""
+
+
+def command(fw, request_path: Path) -> tuple[list[str], dict]:
+    """The process to start for fw, and its environment."""
+    env = dict(os.environ)
+    if fw.language == "r":
+        rscript = shutil.which(os.environ.get("BENCH_RSCRIPT", "Rscript"))
+        if not rscript:
+            raise LaunchError(
+                "r-keras needs R: Rscript is not on PATH. Install R with reticulate and jsonlite "
+                "(Debian: apt-get install --no-install-recommends r-base-core r-cran-reticulate "
+                "r-cran-jsonlite) or use the container: docker compose run bench-r-keras")
+        tf = frameworks.get("tensorflow")
+        python = frameworks.venv_python(tf)
+        if os.environ.get("BENCH_NO_VENV"):
+            python = Path(sys.executable)  # in the image, TensorFlow is in this Python
+        elif venvs.state(tf) not in ("ready", "stale"):
+            raise LaunchError(
+                f"r-keras drives TensorFlow's Python environment through reticulate, and there is none "
+                f"at {frameworks.venv_path(tf)}: run `python -m bench setup tensorflow` first")
+        env["RETICULATE_PYTHON"] = str(python)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return [rscript, "--vanilla", str(REPO_ROOT / "r" / "bench.R"), str(request_path)], env
+    if fw.language == "julia":
+        julia = shutil.which(os.environ.get("BENCH_JULIA", "julia"))
+        if not julia:
+            raise LaunchError(
+                "knet needs Julia (with Knet, CUDA.jl, JSON3 and NPZ: julia/Project.toml) and no "
+                "`julia` is on PATH (or in $BENCH_JULIA). Julia cannot be installed on every machine; "
+                "the container has it: docker compose run bench-knet")
+        project = REPO_ROOT / "julia"
+        return [julia, f"--project={project}", str(project / "bench.jl"), str(request_path)], env
+    raise LaunchError(f"{fw.name}: no launcher for language {fw.language!r}")
+
+
+def write_request(spec, task_data, device: str, precision: str, seed: int, folder: Path) -> Path:
+    arrays = {}
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        value = getattr(task_data, name)
+        if value is not None:
+            path = folder / f"{name}.npy"
+            np.save(path, value)
+            arrays[name] = str(path)
+    request = {
+        "task": spec.name, "device": device, "precision": precision, "seed": seed,
+        "spec": tasks.hyperparameters(spec), "arrays": arrays, "layout": "NCHW",
+        "measurement": str(folder / "measurement.json"), "logits": str(folder / "logits.npy"),
+    }
+    path = folder / "request.json"
+    path.write_text(json.dumps(request, indent=2))
+    return path
+
+
+def check_measurement(m: dict, spec, task_data, folder: Path) -> runner.Measurement:
+    """The foreign program's report, held to the same rules as a Python framework's."""
+    params = int(m["params"])
+    if params not in spec.expected_params:
+        expected = " or ".join(f"{p:,}" for p in spec.expected_params)
+        raise runner.FidelityError(f"{spec.name}: {params:,} trainable parameters; TASKS.md says {expected}")
+    if spec.name == "resnet50":
+        if list(m["features_shape"]) != [spec.batch_size, spec.features]:
+            raise runner.FidelityError(f"resnet50 features have shape {m['features_shape']}")
+        images = int(m["images"])
+        return runner.Measurement(time_total_s=float(m["time_total_s"]), params=params,
+                                  samples={"images": images})
+    losses = [float(x) for x in m["losses"]]
+    bad = [x for x in losses if not math.isfinite(x)]
+    if bad:
+        raise runner.NonFiniteLoss(f"{spec.name}: training loss became {bad[0]}")
+    logits = np.load(folder / "logits.npy")
+    if logits.shape != (len(task_data.x_test), spec.classes):
+        raise runner.FidelityError(f"{spec.name} logits have shape {logits.shape}, "
+                                   f"expected {(len(task_data.x_test), spec.classes)}")
+    accuracy = None
+    if task_data.kind == "real":
+        accuracy = float(np.mean(np.argmax(logits, axis=1) == task_data.y_test))
+    epochs = [float(t) for t in m["epoch_times_s"]]
+    return runner.Measurement(time_total_s=sum(epochs), epoch_times_s=epochs, accuracy=accuracy,
+                              final_loss=losses[-1], params=params,
+                              samples={"train": len(task_data.x_train) * spec.epochs,
+                                       "test": len(task_data.x_test)})
+
+
+def run(fw, args) -> int:
+    env_record = envinfo.capture()
+    code, records = runner.EXIT_OK, []
+    for task in args.tasks:
+        spec = tasks.sized(task, args.device, args.quick, args.epochs)
+        record = runner.base_record(fw.name, task, args.device, args.precision, args.quick, spec,
+                                    dict(env_record))
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"bench-{fw.name}-") as tmp:
+                folder = Path(tmp)
+                task_data = data_mod.task_data(spec, args.data, True, args.seed, log=print)
+                record["data"], record["data_source"] = task_data.kind, task_data.source
+                runs = []
+                for r in range(args.repeats):
+                    request = write_request(spec, task_data, args.device, args.precision, args.seed + r, folder)
+                    cmd, env = command(fw, request)
+                    print(f"[{fw.name} {task}] {' '.join(cmd)}", flush=True)
+                    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True)
+                    sys.stdout.write(proc.stdout)
+                    measurement_path = folder / "measurement.json"
+                    m = json.loads(measurement_path.read_text()) if measurement_path.exists() else {}
+                    if proc.returncode != 0 or m.get("error"):
+                        record["log_tail"] = "\n".join(proc.stdout.splitlines()[-30:])
+                        if proc.returncode == EXIT_NO_DEVICE_FOREIGN:
+                            code = runner.EXIT_NO_DEVICE
+                        raise RuntimeError(m.get("error") or f"{cmd[0]} exited with code {proc.returncode}")
+                    runs.append(check_measurement(m, spec, task_data, folder))
+                    record["framework_version"] = m.get("framework_version")
+                    record["conventions"] = m.get("conventions")
+                    record["env"].update({k: m.get(k) for k in ("cuda", "cudnn") if m.get(k)})
+                    record["env"].update(m.get("env") or {})
+                    if args.device == "gpu" and m.get("gpu"):
+                        record["device_name"] = m["gpu"]
+                runner.fill_measurements(record, task, task_data.kind, runs)
+        except LaunchError:
+            raise
+        except Exception as exc:  # one task failing never stops the others
+            record["status"] = runner.classify_failure(exc)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            code = code if code == runner.EXIT_NO_DEVICE else runner.EXIT_TASK_FAILED
+            print(f"[{fw.name} {task}] {record['status'].upper()}: {record['error']}", flush=True)
+        record["finished_at"] = results.now_iso()
+        path = results.write_result(record, args.out)
+        print(f"[{fw.name} {task}] wrote {path}", flush=True)
+        records.append(record)
+    print()
+    print(runner.summary_table(records))
+    return code

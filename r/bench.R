@@ -1,0 +1,186 @@
+# R: the three tasks of TASKS.md with Keras, driven from R through reticulate (what the R
+# keras package does underneath; that package comes from CRAN, which these machines cannot
+# reach, so Keras is imported directly). Same model as bench/frameworks/tensorflow.py.
+#
+# Launched by the harness: `python -m bench run --framework r-keras ...` writes a request
+# JSON (task, sized hyperparameters, .npy arrays) and runs `Rscript r/bench.R request.json`;
+# this script writes the measurement JSON and the test logits the request names.
+suppressPackageStartupMessages({
+  library(reticulate)
+  library(jsonlite)
+})
+
+request <- fromJSON(commandArgs(trailingOnly = TRUE)[[1]], simplifyVector = TRUE)
+spec <- request$spec
+
+fail <- function(message, status = 1L) {
+  write_json(list(error = message), request$measurement, auto_unbox = TRUE)
+  message("error: ", message)
+  quit(save = "no", status = status)
+}
+
+np <- import("numpy", convert = FALSE)
+tf <- import("tensorflow")
+keras <- import("keras")
+layers <- keras$layers
+
+# ---------------------------------------------------------------- framework and device
+
+init_device <- function(device) {
+  gpus <- tf$config$list_physical_devices("GPU")
+  if (device == "gpu") {
+    if (length(gpus) == 0) fail("no GPU found: TensorFlow lists no GPU (check the driver and nvidia-smi)", 3L)
+    keras$config$set_image_data_format("channels_first")  # NCHW on NVIDIA GPUs
+  } else {
+    if (length(gpus) > 0) tf$config$set_visible_devices(list(), "GPU")
+    keras$config$set_image_data_format("channels_last")   # TF's CPU kernels want NHWC
+  }
+  device
+}
+
+synchronize <- function(device) {
+  if (device == "gpu") tf$test$experimental$sync_devices()
+}
+
+elapsed <- function() proc.time()[["elapsed"]]
+
+count_params <- function(model) {
+  sum(vapply(model$trainable_weights, function(w) as.numeric(py_to_r(np$size(w$numpy()))), numeric(1)))
+}
+
+# Images arrive NCHW from the harness; on the CPU Keras wants NHWC.
+images_for <- function(x, device) {
+  if (device == "gpu") x else np$ascontiguousarray(np$transpose(x, c(0L, 2L, 3L, 1L)))
+}
+
+image_shape <- function(shape, device) {
+  shape <- as.integer(shape)
+  if (device == "gpu") tuple(shape[1], shape[2], shape[3]) else tuple(shape[2], shape[3], shape[1])
+}
+
+# ---------------------------------------------------------------- CNN
+
+build_cnn <- function(spec, device) {
+  ch <- as.integer(spec$conv_channels)
+  k <- as.integer(spec$kernel_size)
+  model <- keras$Sequential(list(
+    keras$Input(shape = image_shape(spec$image_shape, device)),
+    layers$Conv2D(ch[1], k, padding = "same"), layers$Activation("relu"),
+    layers$Conv2D(ch[2], k, padding = "same"), layers$MaxPooling2D(2L, 2L), layers$Activation("relu"),
+    layers$Dropout(spec$conv_dropout),
+    layers$Conv2D(ch[3], k, padding = "same"), layers$Activation("relu"),
+    layers$Conv2D(ch[4], k, padding = "same"), layers$MaxPooling2D(2L, 2L), layers$Activation("relu"),
+    layers$Dropout(spec$conv_dropout),
+    layers$Flatten(),
+    layers$Dense(as.integer(spec$dense_units)), layers$Activation("relu"),
+    layers$Dropout(spec$dense_dropout),
+    layers$Dense(as.integer(spec$classes))
+  ))
+  model$compile(
+    optimizer = keras$optimizers$SGD(learning_rate = spec$lr, momentum = spec$momentum),
+    loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE)
+  )
+  model
+}
+
+# ---------------------------------------------------------------- RNN
+
+build_rnn <- function(spec, device) {
+  model <- keras$Sequential(list(
+    keras$Input(shape = tuple(as.integer(spec$seq_len)), dtype = "int32"),
+    layers$Embedding(as.integer(spec$max_features), as.integer(spec$embedding_dim)),
+    layers$GRU(as.integer(spec$gru_units)),  # cuDNN kernel on GPU; the last time step
+    layers$Dense(as.integer(spec$classes))
+  ))
+  model$compile(
+    optimizer = keras$optimizers$Adam(learning_rate = spec$lr, beta_1 = spec$beta1,
+                                      beta_2 = spec$beta2, epsilon = spec$epsilon),
+    loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE)
+  )
+  model
+}
+
+# ---------------------------------------------------------------- training, shared
+
+train <- function(model, x, y, spec, device, seed) {
+  set.seed(seed)  # one permutation per epoch from a seeded generator
+  n <- as.integer(py_to_r(x$shape[0]))
+  times <- numeric(0)
+  losses <- numeric(0)
+  for (epoch in seq_len(spec$epochs)) {
+    order <- np$array(sample.int(n) - 1L, dtype = "int64")
+    xs <- np$take(x, order, axis = 0L)
+    ys <- np$take(y, order, axis = 0L)
+    synchronize(device)
+    start <- elapsed()
+    history <- model$fit(xs, ys, batch_size = as.integer(spec$batch_size), epochs = 1L,
+                         shuffle = FALSE, verbose = 0L)
+    synchronize(device)
+    times <- c(times, elapsed() - start)
+    losses <- c(losses, tail(unlist(history$history$loss), 1))
+    message(sprintf("[r-keras %s] epoch %d/%d: %.2f s, mean loss %.4f", spec$name, epoch,
+                    spec$epochs, tail(times, 1), tail(losses, 1)))
+  }
+  list(epoch_times_s = I(times), losses = I(losses))  # I(): JSON arrays even for one epoch
+}
+
+# ---------------------------------------------------------------- ResNet-50
+
+build_resnet50 <- function(spec, device) {
+  keras$applications$ResNet50(include_top = FALSE, weights = NULL, pooling = "avg",
+                              input_shape = image_shape(spec$image_shape, device))
+}
+
+extract <- function(model, x, spec, device) {
+  bs <- as.integer(spec$batch_size)
+  batch <- function(i) images_for(np$take(x, np$arange(i * bs, (i + 1L) * bs), axis = 0L), device)
+  warmup <- as.integer(spec$warmup_batches)
+  for (i in seq_len(warmup) - 1L) model$predict_on_batch(batch(i))  # cold start, untimed
+  synchronize(device)
+  start <- elapsed()
+  features <- NULL
+  for (i in seq_len(spec$batches) + warmup - 1L) features <- model$predict_on_batch(batch(i))
+  synchronize(device)
+  list(time_total_s = elapsed() - start, images = spec$batches * bs,
+       features_shape = as.integer(py_to_r(np$shape(features))))
+}
+
+# ---------------------------------------------------------------- the task
+
+device <- init_device(request$device)
+if (request$precision != "fp32") fail(paste("r-keras runs fp32 only, asked for", request$precision))
+arrays <- lapply(request$arrays, function(path) np$load(path))
+
+versions <- list(
+  framework_version = sprintf("R %s.%s, reticulate %s, keras %s (tensorflow %s)",
+                              R.version$major, R.version$minor, packageVersion("reticulate"),
+                              keras$`__version__`, tf$`__version__`),
+  cuda = tf$sysconfig$get_build_info()$cuda_version,
+  cudnn = tf$sysconfig$get_build_info()$cudnn_version,
+  env = list(r = R.version.string, reticulate = as.character(packageVersion("reticulate")))
+)
+
+result <- tryCatch({
+  if (spec$name == "resnet50") {
+    model <- build_resnet50(spec, device)
+    m <- extract(model, arrays$x_test, spec, device)
+    conventions <- list(resnet_conv_bias = TRUE, weights = "random", timing = "timed in R",
+                        source = "keras.applications.ResNet50(include_top=False, pooling='avg') from R")
+    c(m, list(params = count_params(model), conventions = conventions))
+  } else {
+    images <- spec$name == "cnn"
+    model <- if (images) build_cnn(spec, device) else build_rnn(spec, device)
+    x_train <- if (images) images_for(arrays$x_train, device) else arrays$x_train
+    x_test <- if (images) images_for(arrays$x_test, device) else arrays$x_test
+    m <- train(model, x_train, arrays$y_train, spec, device, request$seed)
+    logits <- model$predict(x_test, batch_size = as.integer(spec$batch_size), verbose = 0L)
+    np$save(request$logits, np$asarray(logits, dtype = "float32"))
+    conventions <- if (images) list(layout = if (device == "gpu") "NCHW" else "NHWC",
+                                    init = "glorot_uniform (Keras defaults)", timing = "timed in R")
+                   else list(gru_bias = "two vectors per gate (reset_after=True)", gru_biases = 600L,
+                             timing = "timed in R")
+    c(m, list(params = count_params(model), conventions = conventions))
+  }
+}, error = function(e) fail(conditionMessage(e)))
+
+write_json(c(result, versions), request$measurement, auto_unbox = TRUE, digits = NA, null = "null")
