@@ -53,6 +53,8 @@ def build_args(m, framework: str, variant: str, base_image: str | None = None) -
         "PIP_EXTRA": spec.get("pip_extra", ""),
         "GPU_PACKAGES": spec.get("packages", ""),
     }
+    if spec.get("julia_cuda"):
+        args["JULIA_CUDA_VERSION"] = spec["julia_cuda"]
     fw = frameworks.get(framework)
     if fw.env.get("KERAS_BACKEND"):
         args["KERAS_BACKEND"] = fw.env["KERAS_BACKEND"]

@@ -13,7 +13,7 @@ SLURM_RUNNERS = ("venv", "podman", "apptainer", "pyxis")
 TOP_KEYS = {"version", "tasks", "precisions", "repeats", "quick", "data", "timeout_s",
             "frameworks", "gpus", "executors"}
 FRAMEWORK_KEYS = {"baseline_variant", "variants"}
-VARIANT_KEYS = {"base_image", "pip_index", "pip_extra", "packages", "note"}
+VARIANT_KEYS = {"base_image", "pip_index", "pip_extra", "packages", "julia_cuda", "note"}
 GPU_KEYS = {"device", "gres", "constraint", "docker_device_ids", "note"}
 EXECUTOR_KEYS = {
     "local": {"python"},

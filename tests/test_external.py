@@ -1,0 +1,123 @@
+"""R and Julia through the harness: the real R run here, and the Julia launcher end to end
+with a stand-in `julia` (Julia itself cannot be installed on this machine)."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+
+import pytest
+
+from bench import frameworks, results
+from conftest import require_env, run_bench
+
+FAKE_JULIA = """#!{python}
+# Stands in for `julia --project=... bench.jl request.json`: answers like julia/bench.jl.
+import json, os, sys
+import numpy as np
+request = json.load(open(sys.argv[-1]))
+mode = os.environ.get("FAKE_JULIA_MODE", "ok")
+spec = request["spec"]
+if mode == "crash":
+    print("ERROR: LoadError: UndefVarError: conv5 not defined", file=sys.stderr)
+    sys.exit(1)
+if mode == "no-gpu":
+    json.dump({{"error": "no GPU found: CUDA.functional() is false"}}, open(request["measurement"], "w"))
+    sys.exit(3)
+params = {{"cnn": 3441592, "rnn": 3818302, "resnet50": 23508032}}[spec["name"]]
+if mode == "wrong-params":
+    params += 1
+m = {{"params": params, "framework_version": "Knet 1.4.10 (Julia 1.8.5)", "env": {{"julia": "1.8.5"}},
+     "conventions": {{"timing": "timed in Julia"}}}}
+if spec["name"] == "resnet50":
+    m.update(time_total_s=2.0, images=spec["batches"] * spec["batch_size"],
+             features_shape=[spec["batch_size"], 2048])
+else:
+    n_test = len(np.load(request["arrays"]["x_test"]))
+    np.save(request["logits"], np.zeros((n_test, spec["classes"]), dtype=np.float32))
+    m.update(epoch_times_s=[1.5] * spec["epochs"], losses=[0.7] * spec["epochs"])
+json.dump(m, open(request["measurement"], "w"))
+"""
+
+
+@pytest.fixture
+def fake_julia(tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    julia = folder / "julia"
+    julia.write_text(FAKE_JULIA.format(python=sys.executable))
+    julia.chmod(julia.stat().st_mode | stat.S_IEXEC)
+    return dict(os.environ, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def _records(folder):
+    return {r["task"]: r for r in (results.load_result(p) for p in folder.glob("*.json"))}
+
+
+def test_knet_launch_intake_and_records(fake_julia, tmp_path):
+    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick",
+                     "--out", str(tmp_path / "out"), env=fake_julia)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "--project=" in proc.stdout and "julia/bench.jl" in proc.stdout
+    records = _records(tmp_path / "out")
+    assert set(records) == {"cnn", "rnn", "resnet50"}
+    assert all(r["status"] == "ok" and r["framework"] == "knet" for r in records.values())
+    assert records["resnet50"]["seconds_per_1000"] == pytest.approx(1000 * 2.0 / 64)
+    assert records["cnn"]["epoch_times_s"] == [1.5] and records["cnn"]["env"]["julia"] == "1.8.5"
+
+
+@pytest.mark.parametrize("mode, status, text, code", [
+    ("wrong-params", "failed", "3,441,593 trainable parameters", 1),
+    ("crash", "failed", "exited with code 1", 1),
+    ("no-gpu", "failed", "no GPU found", 3),
+])
+def test_knet_failures_become_failed_records(fake_julia, tmp_path, mode, status, text, code):
+    env = dict(fake_julia, FAKE_JULIA_MODE=mode)
+    proc = run_bench("run", "--framework", "knet", "--tasks", "cnn", "--data", "synthetic", "--quick",
+                     "--out", str(tmp_path), env=env)
+    assert proc.returncode == code, proc.stdout[-2000:]
+    [record] = _records(tmp_path).values()
+    assert record["status"] == status and text in record["error"]
+    if mode == "crash":
+        assert "UndefVarError" in record["log_tail"]
+
+
+def test_knet_without_julia_points_at_the_container(tmp_path):
+    env = dict(os.environ, PATH="/usr/bin:/bin", BENCH_JULIA="julia-not-here")
+    proc = run_bench("run", "--framework", "knet", "--quick", "--out", str(tmp_path), env=env)
+    assert proc.returncode == 2
+    assert "knet needs Julia" in proc.stderr and "docker compose run bench-knet" in proc.stderr
+
+
+def test_r_without_r_names_the_packages(tmp_path):
+    env = dict(os.environ, BENCH_RSCRIPT="Rscript-not-here")
+    proc = run_bench("run", "--framework", "r-keras", "--quick", "--out", str(tmp_path), env=env)
+    assert proc.returncode == 2 and "r-cran-reticulate" in proc.stderr
+
+
+def test_r_without_the_tensorflow_environment_names_the_setup_command(tmp_path):
+    if not shutil.which("Rscript"):
+        pytest.skip("R is not installed here")
+    env = dict(os.environ, BENCH_VENV_DIR=str(tmp_path / "none"))
+    proc = run_bench("run", "--framework", "r-keras", "--quick", "--out", str(tmp_path), env=env)
+    assert proc.returncode == 2 and "python -m bench setup tensorflow" in proc.stderr
+
+
+@pytest.mark.slow
+def test_r_keras_runs_the_three_tasks_from_r(tmp_path):
+    if not shutil.which("Rscript"):
+        if os.environ.get("CI"):
+            pytest.fail("R is not installed (scripts/install.d/50-r.sh installs it)")
+        pytest.skip("R is not installed here")
+    require_env(frameworks.get("tensorflow"))
+    proc = run_bench("run", "--framework", "r-keras", "--tasks", "cnn,rnn,resnet50", "--device", "cpu",
+                     "--data", "synthetic", "--quick", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    records = _records(tmp_path)
+    assert {t: r["params"] for t, r in records.items()} == {
+        "cnn": 3_441_592, "rnn": 3_818_302, "resnet50": 23_534_592}
+    for r in records.values():
+        assert r["status"] == "ok" and r["framework_version"].startswith("R ")
+        assert r["env"]["r"].startswith("R version") and r["env"]["reticulate"]
+    assert records["cnn"]["final_loss"] < 2.4 and records["cnn"]["epoch_times_s"][0] > 0
