@@ -6,10 +6,9 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from . import envinfo, frameworks, tasks, venvs
+from . import envinfo, frameworks, results, tasks, venvs
 from .data import DATA_MODES
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
@@ -18,12 +17,9 @@ PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 def _out_dir(text: str) -> Path:
     """An output folder that exists and is writable, checked before any long work."""
     path = Path(text)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"results folder {path} is not writable: {exc}")
+    problem = results.folder_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return path
 
 

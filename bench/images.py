@@ -14,12 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
-from . import envinfo, frameworks, matrix as matrix_mod
+from . import envinfo, frameworks, matrix as matrix_mod, results
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MATRIX = REPO_ROOT / "matrix.yaml"
@@ -131,16 +130,6 @@ def nvidia_runtime_problem(engine: str = "docker") -> str | None:
     return None
 
 
-def results_problem(path: Path) -> str | None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        return f"results folder {path} is not writable: {exc}"
-    return None
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.images")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,7 +153,7 @@ def main(argv=None) -> int:
             sys.stdout.write(compose_text(m))
             return 0
         if args.command == "preflight":
-            problems = [p for p in (results_problem(args.results),
+            problems = [p for p in (results.folder_problem(args.results),
                                     nvidia_runtime_problem(args.engine) if args.gpu else None) if p]
             for problem in problems:
                 print(f"error: {problem}", file=sys.stderr)

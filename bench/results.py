@@ -63,6 +63,17 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why results cannot be written into path (created if missing), or None if they can."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        return f"results folder {path} is not writable: {exc}"
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from bench import data, frameworks, results, tasks
-from conftest import REPO, require_env, run_bench
+from conftest import require_env, run_bench
 
 RUNNABLE = [fw.name for fw in frameworks.FRAMEWORKS.values() if fw.language == "python" and fw.runs_here]
 

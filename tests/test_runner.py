@@ -1,7 +1,6 @@
 """The harness's run logic on a NumPy test double: statuses, isolation, exit codes, statistics."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -1,8 +1,6 @@
 """The sweep: matrix validation, plan, resume, failure isolation, executors' requests."""
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -189,7 +187,7 @@ def test_slurm_job_scripts(tmp_path, monkeypatch):
     cell = _cell(gpu="h100", device="gpu", task="resnet50", quick=False)
     script = executor.script(cell, tmp_path / "o", tmp_path / "log")
     assert "#SBATCH --gres=gpu:h100:1" in script and "#SBATCH --time=04:00:00" in script
-    assert f"-m bench run --framework pytorch --tasks resnet50 --device gpu" in script
+    assert "-m bench run --framework pytorch --tasks resnet50 --device gpu" in script
     executor.runner = "podman"
     podman = executor.script(_cell(variant="cu130", gpu="h100", device="gpu"), tmp_path / "o", tmp_path / "l")
     assert "podman run --rm --device nvidia.com/gpu=all" in podman and "bench-pytorch:cu130" in podman
