@@ -2,8 +2,8 @@
 `bench validate` runs here and compares each figure with the band for this device.
 
 Compared figure: training tasks' total training time, ResNet-50's seconds per 1,000
-images (both: lower is better). A slower run than the band is a regression (FAIL); a
-faster one passes and is reported as faster.
+images (both: lower is better). A slower run than the band is measured once more, and
+is a regression (FAIL) only if it is slower again; a faster one passes and says so.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from . import envinfo, results, tasks
 from .table import load_folder
 
 BASELINE_FORMAT = "bench-baseline-1"
-DEFAULT_FLOOR = 0.10
+DEFAULT_FLOOR = 0.15  # a shared 2-core VM varies 10-15 % from one process to the next
 SPREAD_FACTOR = 3.0
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_BAND = 0, 1, 2, 4
 
@@ -65,9 +65,8 @@ def make_bands(records: list[dict], floor: float = DEFAULT_FLOOR) -> list[dict]:
     for _, (key, values) in sorted(groups.items()):
         median = statistics.median(values)
         mad = statistics.median(abs(v - median) for v in values)
-        worst = max(abs(v - median) for v in values)
-        # Robust spread (scaled MAD) and the worst seen deviation, never under the floor.
-        tolerance = max(floor, SPREAD_FACTOR * 1.4826 * mad / median, 1.5 * worst / median)
+        # A robust spread (scaled MAD): one stall of a shared host must not widen the band.
+        tolerance = max(floor, SPREAD_FACTOR * 1.4826 * mad / median)
         bands.append(dict(key, metric="seconds_per_1000" if key["task"] == "resnet50" else "time_total_s",
                           median=median, tolerance=tolerance, high=median * (1 + tolerance),
                           low=median * (1 - tolerance), n=len(values)))
@@ -144,7 +143,11 @@ def cmd_validate(args) -> int:
         return EXIT_NO_BAND
     frameworks = args.frameworks or sorted({b["framework"] for b in here})
     task_list = args.tasks or list(tasks.TASK_NAMES)
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench-validate-"))
+    # A fresh folder per run: results of an earlier run in the same --out are never judged again.
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="validate-", dir=args.out) if args.out
+               else tempfile.mkdtemp(prefix="bench-validate-"))
     verdicts = []
     for framework in frameworks:
         cmd = [sys.executable, "-m", "bench", "run", "--framework", framework, "--device", device,
@@ -157,8 +160,20 @@ def cmd_validate(args) -> int:
         if proc.returncode == 2:
             print(f"error: `bench run` refused {framework} (see above)", file=sys.stderr)
             return EXIT_USAGE
-        for path in sorted((out / framework).glob("*.json")):
-            verdicts.append(judge(results.load_result(path), bands))
+        first = [judge(results.load_result(p), bands) for p in sorted((out / framework).glob("*.json"))]
+        slow = [v["task"] for v in first if v["verdict"] == "FAIL" and v.get("ratio")]
+        if slow:  # a regression must reproduce: one stall of a shared host is not one
+            again = out / f"{framework}-confirm"
+            cmd[cmd.index("--tasks") + 1], cmd[cmd.index("--out") + 1] = ",".join(slow), str(again)
+            print(f"[validate] slower than the band: {', '.join(slow)}; measuring once more", flush=True)
+            subprocess.run(cmd)
+            second = {v["task"]: v for v in (judge(results.load_result(p), bands)
+                                             for p in sorted(again.glob("*.json")))}
+            for i, v in enumerate(first):
+                again_v = second.get(v["task"])
+                if v["task"] in slow and again_v and again_v["verdict"] == "PASS":
+                    first[i] = dict(again_v, line=f"{again_v['line']} (first run {v['ratio']:.2f}x, not reproduced)")
+        verdicts.extend(first)
     print()
     print(f"{'verdict':<8} {'framework':<18} {'task':<9} {'measured':>10} {'band':>21} {'ratio':>7}")
     for v in verdicts:
@@ -174,17 +189,17 @@ def cmd_validate(args) -> int:
 def judge(record: dict, bands: list[dict]) -> dict:
     name, task = record["framework"], record["task"]
     if record["status"] != "ok":
-        return {"verdict": "FAIL", "line": f"{'FAIL':<8} {name:<18} {task:<9} run {record['status']}: "
+        return {"verdict": "FAIL", "task": task, "line": f"{'FAIL':<8} {name:<18} {task:<9} run {record['status']}: "
                                            f"{record['error']}"}
     band = find_band(bands, record)
     value = figure(record)
     if band is None:
-        return {"verdict": "NO BAND", "line": f"{'NO BAND':<8} {name:<18} {task:<9} {value:>10.3f} "
+        return {"verdict": "NO BAND", "task": task, "line": f"{'NO BAND':<8} {name:<18} {task:<9} {value:>10.3f} "
                                               f"no band for {_key_tuple(band_key(record))}"}
     ratio = value / band["median"]
     verdict = "FAIL" if value > band["high"] else "PASS"
     note = " (faster than the band)" if value < band["low"] else ""
-    return {"verdict": verdict, "ratio": ratio,
+    return {"verdict": verdict, "ratio": ratio, "task": task,
             "line": f"{verdict:<8} {name:<18} {task:<9} {value:>10.3f} "
                     f"{band['median']:>9.3f} +{100 * band['tolerance']:>3.0f}% ({band['high']:.3f}) "
                     f"{ratio:>6.2f}x{note}"}
