@@ -40,6 +40,16 @@ def test_hadolint_is_clean(dockerfile):
             assert above.startswith("#") and len(above) > 20, f"unjustified: {line}"
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_the_commit_argument_comes_after_every_run_step(dockerfile):
+    # A build argument invalidates the cache of every RUN after its ARG: declared early, each
+    # new commit would reinstall gigabytes of CUDA wheels.
+    lines = dockerfile.read_text().splitlines()
+    arg_line = next(i for i, line in enumerate(lines) if line.startswith("ARG GIT_COMMIT"))
+    last_run = max(i for i, line in enumerate(lines) if line.startswith("RUN "))
+    assert arg_line > last_run, f"{dockerfile}: ARG GIT_COMMIT on line {arg_line + 1}, a RUN on line {last_run + 1}"
+
+
 def test_every_python_framework_has_an_image_that_uses_its_pins():
     for fw in frameworks.FRAMEWORKS.values():
         dockerfile = fw.docker_path / "Dockerfile"
