@@ -124,6 +124,20 @@ class LocalExecutor:
             return collect(cell, self.name, Path(tmp), returncode, log_path.read_text(), error)
 
 
+def wait_for_exit(container, timeout: float | None, poll_s: float = 1.0) -> int:
+    """The container's exit code, polled once a second. Not the engine's wait call: podman
+    4.3's API service (Debian 12) spins a whole core while it waits (podman issue 18150),
+    which on a small machine slowed the timed run inside the container several times over."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            return int(container.attrs["State"]["ExitCode"])
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"still running after {timeout:.0f} s (timeout_s)")
+        time.sleep(poll_s)
+
+
 class DockerExecutor:
     """Each cell in its image bench-<framework>:<variant> through the Docker Engine API
     (the `docker` SDK; podman's compatible socket works too: DOCKER_HOST=unix://...)."""
@@ -179,7 +193,7 @@ class DockerExecutor:
             except Exception as exc:  # no image, no engine, no GPU runtime
                 return failure_record(cell, self.name, "failed", f"container did not start: {exc}", None)
             try:
-                returncode = container.wait(timeout=self.timeout)["StatusCode"]
+                returncode = wait_for_exit(container, self.timeout)
             except Exception as exc:
                 error = f"container did not finish: {exc}"
                 container.kill()

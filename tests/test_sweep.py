@@ -180,6 +180,32 @@ def test_docker_executor_request(tmp_path):
     assert "device_requests" not in cpu_kw and "--quick" in cpu_kw["command"]
 
 
+class _FakeContainer:
+    """Reports "running" for a number of reloads, then exits with a code."""
+
+    def __init__(self, running_polls, exit_code=0):
+        self.polls, self.running_polls, self.exit_code = 0, running_polls, exit_code
+        self.status, self.attrs = "created", {}
+
+    def reload(self):
+        self.polls += 1
+        done = self.polls > self.running_polls
+        self.status = "exited" if done else "running"
+        self.attrs = {"State": {"ExitCode": self.exit_code if done else 0}}
+
+
+def test_the_docker_executor_polls_for_the_exit_code():
+    container = _FakeContainer(running_polls=3, exit_code=3)
+    assert sweep.wait_for_exit(container, timeout=60, poll_s=0.01) == 3
+    assert container.polls == 4
+
+
+def test_the_docker_executor_gives_up_at_the_timeout():
+    container = _FakeContainer(running_polls=10_000)
+    with pytest.raises(TimeoutError, match="still running after 0 s"):
+        sweep.wait_for_exit(container, timeout=0.05, poll_s=0.01)
+
+
 def test_slurm_job_scripts(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.shutil, "which", lambda name: "/usr/bin/" + name)
     m = matrix.load(REPO / "matrix.yaml")
