@@ -6,8 +6,8 @@ images (both: lower is better), taken as the best of a run's repeats. On a share
 noise only ever adds time, and it comes in modes (a whole process, or single repeats, run
 30-50 % slow on these 2-core VMs), so the best repeat is the stable estimate of what the
 machine can do; the median of repeats flips between modes from one process to the next.
-A slower run than the band is measured once more in a fresh process, and is a regression
-(FAIL) only if it is slower again; a faster one passes and says so.
+A figure slower than the band is measured again in up to two fresh processes, and is a
+regression (FAIL) only if it is slow every time; a faster one passes and says so.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ SPREAD_FACTOR = 3.0
 # Never wider than this, however noisy the baseline runs were: a band must still catch a
 # machine running at half speed (a 2x regression).
 MAX_SPREAD_TOLERANCE = 0.6
+CONFIRM_RUNS = 2  # fresh processes a slow figure gets before it is a FAIL
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_BAND = 0, 1, 2, 4
 
 
@@ -186,18 +187,30 @@ def cmd_validate(args) -> int:
             print(f"error: `bench run` refused {framework} (see above)", file=sys.stderr)
             return EXIT_USAGE
         first = [judge(results.load_result(p), bands) for p in sorted((out / framework).glob("*.json"))]
-        slow = [v["task"] for v in first if v["verdict"] == "FAIL" and v.get("ratio")]
-        if slow:  # a regression must reproduce: one stall of a shared host is not one
-            again = out / f"{framework}-confirm"
+        # A regression must reproduce: a shared host puts a whole process in a slow mode now
+        # and then (seen in 2 of 10 first runs here), so a slow figure gets fresh processes.
+        earlier: dict = {}
+        for attempt in range(1, CONFIRM_RUNS + 1):
+            slow = [v["task"] for v in first if v["verdict"] == "FAIL" and v.get("ratio")]
+            if not slow:
+                break
+            for v in first:
+                if v["task"] in slow:
+                    earlier.setdefault(v["task"], []).append(f"{v['ratio']:.2f}x")
+            again = out / f"{framework}-confirm{attempt}"
             cmd[cmd.index("--tasks") + 1], cmd[cmd.index("--out") + 1] = ",".join(slow), str(again)
-            print(f"[validate] slower than the band: {', '.join(slow)}; measuring once more", flush=True)
+            print(f"[validate] slower than the band: {', '.join(slow)}; measuring again in a fresh "
+                  f"process (confirmation {attempt} of {CONFIRM_RUNS})", flush=True)
             subprocess.run(cmd)
-            second = {v["task"]: v for v in (judge(results.load_result(p), bands)
-                                             for p in sorted(again.glob("*.json")))}
+            rerun = {v["task"]: v for v in (judge(results.load_result(p), bands)
+                                            for p in sorted(again.glob("*.json")))}
             for i, v in enumerate(first):
-                again_v = second.get(v["task"])
-                if v["task"] in slow and again_v and again_v["verdict"] == "PASS":
-                    first[i] = dict(again_v, line=f"{again_v['line']} (first run {v['ratio']:.2f}x, not reproduced)")
+                if v["task"] in slow and v["task"] in rerun:
+                    first[i] = rerun[v["task"]]
+        for i, v in enumerate(first):
+            if v["task"] in earlier:
+                state = "not reproduced" if v["verdict"] == "PASS" else "reproduced"
+                first[i] = dict(v, line=f"{v['line']} (earlier runs {', '.join(earlier[v['task']])}, {state})")
         verdicts.extend(first)
     print()
     print(f"{'verdict':<8} {'framework':<18} {'task':<9} {'best rep':>10} {'band':>21} {'ratio':>7}")

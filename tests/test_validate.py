@@ -64,8 +64,9 @@ def test_validate_fails_against_a_baseline_twice_as_fast(baseline, tmp_path):
     assert proc.returncode == 1
     fail_lines = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert len(fail_lines) == 2 and all(FRAMEWORK in line for line in fail_lines)
-    assert "measuring once more" in proc.stdout  # a regression is confirmed before it fails
-    ratios = [float(line.split()[-1].rstrip("x")) for line in fail_lines]
+    assert "(confirmation 2 of 2)" in proc.stdout  # a regression is confirmed before it fails
+    assert all(line.endswith("reproduced)") and "not reproduced" not in line for line in fail_lines)
+    ratios = [float(line.split("(earlier")[0].split()[-1].rstrip("x")) for line in fail_lines]
     assert all(1.6 < r < 3.0 for r in ratios), fail_lines  # about twice the band's median
 
 
