@@ -22,7 +22,7 @@ from . import envinfo, results, tasks
 from .table import load_folder
 
 BASELINE_FORMAT = "bench-baseline-2"  # 1: bands of all repeats' median; refused
-DEFAULT_FLOOR = 0.15  # a shared 2-core VM varies 10-15 % from one process to the next
+DEFAULT_FLOOR = 0.15  # for steady devices (GPUs); shared CPU VMs need more (make-cpu-baseline: 0.35)
 SPREAD_FACTOR = 3.0
 # Never wider than this, however noisy the baseline runs were: a band must still catch a
 # machine running at half speed (a 2x regression).
