@@ -75,9 +75,11 @@ def make_bands(records: list[dict], floor: float = DEFAULT_FLOOR) -> list[dict]:
     groups: dict = {}
     for r in records:
         if r["status"] == "ok":
-            entry = groups.setdefault(_key_tuple(band_key(r)), (band_key(r), [], []))
-            entry[1].append(best(r))
-            entry[2].append(len(samples(r)))
+            key = band_key(r)
+            _, bests, repeats = groups.setdefault(_key_tuple(key), (key, [], []))
+            run = samples(r)
+            bests.append(min(run))
+            repeats.append(len(run))
     bands = []
     for _, (key, values, repeats) in sorted(groups.items()):
         median = statistics.median(values)
