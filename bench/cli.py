@@ -12,6 +12,7 @@ from . import envinfo, frameworks, results, tasks, venvs
 from .data import DATA_MODES
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
+DEVICES = ("cpu", "gpu")
 
 
 def _out_dir(text: str) -> Path:
@@ -23,47 +24,144 @@ def _out_dir(text: str) -> Path:
     return path
 
 
-def _tasks(text: str) -> list[str]:
+# Bounds of the numeric options: numpy's legacy generators (np.random.seed, which some
+# framework files use) take 0 <= seed < 2**32; repeats and epochs have sane upper limits.
+SEED_LIMIT = 2 ** 32
+MAX_REPEATS = 1000
+MAX_EPOCHS = 1000
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+class _FromEnv(str):
+    """A default taken from an environment variable. argparse parses a string default through
+    the option's type (never through `choices`), so each type below checks one of these and
+    names the variable in its error."""
+
+    def __new__(cls, variable: str, value: str):
+        self = super().__new__(cls, value)
+        self.variable = variable
+        return self
+
+
+def _env_default(variable: str, fallback: str) -> str:
+    value = os.environ.get(variable)
+    return _FromEnv(variable, value) if value else fallback
+
+
+def _from_env_error(text: str, allowed: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(
+        f"${text.variable}={str(text)!r} is not allowed: use {allowed} (or unset ${text.variable})")
+
+
+def _choice(values: tuple):
+    """The text as it is; a value from the environment must be one of values (argparse checks
+    `choices` only for values given on the command line)."""
+    def check(text: str) -> str:
+        if isinstance(text, _FromEnv) and text not in values:
+            raise _from_env_error(text, "one of " + ", ".join(values))
+        return str(text)
+
+    check.__name__ = "choice"
+    return check
+
+
+def _flag(text) -> bool:
+    """A yes/no value from the environment: 1/true/yes/on or 0/false/no/off/empty."""
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    if isinstance(text, _FromEnv):
+        raise _from_env_error(text, f"{'/'.join(TRUE_WORDS)} or {'/'.join(w for w in FALSE_WORDS if w)} "
+                                    "or empty (any case)")
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
+class _FlagAction(argparse.Action):
+    """--quick: a flag (no value) whose default may come from the environment ($BENCH_QUICK)."""
+
+    def __init__(self, option_strings, dest, default=False, type=None, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, type=type, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+
+
+def _tasks(text: str) -> list:
     try:
         return tasks.parse_tasks(text)
     except ValueError as exc:
+        if isinstance(text, _FromEnv):
+            raise argparse.ArgumentTypeError(f"${text.variable}={str(text)!r}: {exc}")
         raise argparse.ArgumentTypeError(str(exc))
 
 
-def _positive(text: str) -> int:
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(str(text).strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {str(text)!r}")
+
+
+def _bounded(low: int, high: int, what: str):
+    def check(text: str) -> int:
+        value = _whole(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high} ({what}), got {value}")
+        return value
+
+    check.__name__ = "number"
+    return check
+
+
+def _seed(text: str) -> int:
+    value = _whole(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"must be from 0 to {SEED_LIMIT - 1} (0 <= seed < 2**32, what numpy's generators take), got {value}")
     return value
 
 
 def add_run_arguments(p: argparse.ArgumentParser, framework_required: bool = True) -> None:
-    # Containers (compose.yml) choose tasks, device, data and size through these variables.
+    # Containers (compose.yml) choose tasks, device, data and size through these variables;
+    # a value from the environment is checked as strictly as the same value on the command line.
     env = os.environ
     p.add_argument("--framework", "-f", required=framework_required and not env.get("BENCH_FRAMEWORK"),
                    default=env.get("BENCH_FRAMEWORK"),
                    help="framework name (see `python -m bench list`; default $BENCH_FRAMEWORK)")
-    p.add_argument("--tasks", type=_tasks, default=env.get("BENCH_TASKS") or ",".join(tasks.TASK_NAMES),
+    p.add_argument("--tasks", type=_tasks, default=_env_default("BENCH_TASKS", ",".join(tasks.TASK_NAMES)),
                    help="comma-separated: cnn,rnn,resnet50 (default: all, or $BENCH_TASKS)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default=env.get("BENCH_DEVICE") or "cpu",
+    p.add_argument("--device", choices=DEVICES, type=_choice(DEVICES),
+                   default=_env_default("BENCH_DEVICE", "cpu"),
                    help="default: cpu, or $BENCH_DEVICE")
-    p.add_argument("--data", choices=DATA_MODES, default=env.get("BENCH_DATA") or "auto",
+    p.add_argument("--data", choices=DATA_MODES, type=_choice(DATA_MODES),
+                   default=_env_default("BENCH_DATA", "auto"),
                    help="real: the real data sets (error if unavailable); synthetic: seeded "
-                        "data of the same shapes; auto: real when cached or downloadable")
-    p.add_argument("--epochs", type=_positive, default=None,
-                   help="override the epochs of the training tasks")
-    p.add_argument("--quick", action="store_true",
-                   default=env.get("BENCH_QUICK", "").lower() in ("1", "true", "yes"),
-                   help="a few batches, one epoch, a few ResNet batches (minutes on a CPU; $BENCH_QUICK=1)")
-    p.add_argument("--repeats", type=_positive, default=1,
-                   help="repeat each task; results report the median and the spread")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--seed", type=int, default=0)
+                        "data of the same shapes; auto: real when cached or downloadable ($BENCH_DATA)")
+    p.add_argument("--epochs", type=_bounded(1, MAX_EPOCHS, "epochs of a training task"), default=None,
+                   help=f"override the epochs of the training tasks (1 to {MAX_EPOCHS})")
+    p.add_argument("--quick", action=_FlagAction, type=_flag,
+                   default=_FromEnv("BENCH_QUICK", env["BENCH_QUICK"]) if "BENCH_QUICK" in env else False,
+                   help="a few batches, one epoch, a few ResNet batches (minutes on a CPU; "
+                        "$BENCH_QUICK=1/true/yes/on)")
+    p.add_argument("--repeats", type=_bounded(1, MAX_REPEATS, "repeats of a task"), default=1,
+                   help=f"repeat each task (1 to {MAX_REPEATS}); results report the median and the spread")
+    p.add_argument("--precision", choices=PRECISIONS, type=_choice(PRECISIONS), default="fp32")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help=f"base seed, 0 to {SEED_LIMIT - 1}; repeat r uses seed + r")
     p.add_argument("--out", type=_out_dir, default=Path("results"),
                    help="folder for the JSON results (default: results)")
+
+
+def check_run_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """What no single option can check: repeat r runs with seed + r, which must stay a seed."""
+    if args.seed + args.repeats - 1 >= SEED_LIMIT:
+        parser.error(f"argument --seed: --seed {args.seed} with --repeats {args.repeats} would use seed "
+                     f"{args.seed + args.repeats - 1}; seeds must be below 2**32 ({SEED_LIMIT})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run tasks of one framework and write JSON results")
     add_run_arguments(p)
+    p.set_defaults(run_parser=p)
 
     sub.add_parser("env", help="the environment record as JSON")
 
@@ -114,6 +213,8 @@ def cmd_list(args) -> int:
                      "container only, not run here" if not fw.runs_here else f"needs {tool} (R)")
         elif st == "ready":
             where = f"installed ({frameworks.venv_path(fw)})"
+        elif st == "stale" and venvs.marker_unreadable(fw):
+            where = f"environment marker unreadable: re-run `python -m bench setup {fw.name}`"
         elif st == "stale":
             where = f"pins changed: re-run `python -m bench setup {fw.name}`"
         elif st == "container-only":
@@ -189,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "setup":
             return cmd_setup(args)
         if args.command == "run":
+            check_run_arguments(args.run_parser, args)
             return cmd_run(args, argv)
         if args.command == "env":
             return cmd_env(args)

@@ -81,6 +81,14 @@ def write_request(spec, task_data, device: str, precision: str, seed: int, folde
     return path
 
 
+def _seconds(value, what: str) -> float:
+    """A time the foreign program reported: a finite number >= 0, else the task fails."""
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise runner.FidelityError(f"the program reported {what} = {value!r}, not a time")
+    return seconds
+
+
 def check_measurement(m: dict, spec, task_data, folder: Path) -> runner.Measurement:
     """The foreign program's report, held to the same rules as a Python framework's."""
     params = int(m["params"])
@@ -91,7 +99,7 @@ def check_measurement(m: dict, spec, task_data, folder: Path) -> runner.Measurem
         if list(m["features_shape"]) != [spec.batch_size, spec.features]:
             raise runner.FidelityError(f"resnet50 features have shape {m['features_shape']}")
         images = int(m["images"])
-        return runner.Measurement(time_total_s=float(m["time_total_s"]), params=params,
+        return runner.Measurement(time_total_s=_seconds(m["time_total_s"], "time_total_s"), params=params,
                                   samples={"images": images})
     losses = [float(x) for x in m["losses"]]
     bad = [x for x in losses if not math.isfinite(x)]
@@ -104,7 +112,7 @@ def check_measurement(m: dict, spec, task_data, folder: Path) -> runner.Measurem
     accuracy = None
     if task_data.kind == "real":
         accuracy = float(np.mean(np.argmax(logits, axis=1) == task_data.y_test))
-    epochs = [float(t) for t in m["epoch_times_s"]]
+    epochs = [_seconds(t, "an epoch time") for t in m["epoch_times_s"]]
     return runner.Measurement(time_total_s=sum(epochs), epoch_times_s=epochs, accuracy=accuracy,
                               final_loss=losses[-1], params=params,
                               samples={"train": len(task_data.x_train) * spec.epochs,
@@ -154,8 +162,8 @@ def run(fw, args) -> int:
             code = code if code == runner.EXIT_NO_DEVICE else runner.EXIT_TASK_FAILED
             print(f"[{fw.name} {task}] {record['status'].upper()}: {record['error']}", flush=True)
         record["finished_at"] = results.now_iso()
-        path = results.write_result(record, args.out)
-        print(f"[{fw.name} {task}] wrote {path}", flush=True)
+        if not runner.write_task_result(record, args.out, lambda m: print(m, flush=True)):
+            code = code if code != runner.EXIT_OK else runner.EXIT_TASK_FAILED
         records.append(record)
     print()
     print(runner.summary_table(records))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import results
+from .results import variant_of
 from .table import load_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +27,6 @@ TASK_TITLES = OrderedDict([
     ("rnn", "GRU on IMDB: training"),
     ("resnet50", "ResNet-50 feature extraction: inference"),
 ])
-
-
-def variant_of(record: dict) -> str:
-    """The CUDA variant: the sweep's cell, else the image's, else '-' (a virtual environment)."""
-    cell = record.get("cell") or {}
-    image = (record.get("env") or {}).get("container_image") or {}
-    return cell.get("variant") or image.get("variant") or "-"
 
 
 def column_of(record: dict) -> str:
@@ -126,7 +120,7 @@ def cuda_ab(records: list[dict], baselines: dict) -> list[dict]:
     """Speed-up of each CUDA variant against the baseline variant, same framework and GPU."""
     groups: dict = {}
     for r in records:
-        if r["status"] != "ok" or variant_of(r) == "-":
+        if r["status"] != "ok" or variant_of(r) == results.NO_IMAGE_VARIANT:
             continue
         key = (r["framework"], r.get("device_name") or r["device"], r["task"], bool(r.get("quick")),
                r["precision"])
@@ -183,6 +177,17 @@ def published(path: Path = PUBLISHED) -> dict:
 
 # ---------------------------------------------------------------- plots
 
+def _pyplot():
+    """pyplot, with mathtext off: a `$...$` in a result's text is text, not a formula to parse."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
@@ -191,10 +196,7 @@ def _svg(fig) -> str:
 
 
 def plot_table(table: TaskTable) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     frameworks = list(table.rows)
     height = 0.8 / max(1, len(table.columns))
@@ -217,10 +219,7 @@ def plot_table(table: TaskTable) -> str:
 def plot_variants(rows: list[dict]) -> str | None:
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     labels = [f"{r['framework']} {r['task']}{' quick' if r['quick'] else ''} {r['variant']}" for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.35 * len(rows)))
@@ -245,7 +244,7 @@ def summary(records: list[dict]) -> dict:
     versions = sorted({(r["framework"], r["framework_version"]) for r in records if r.get("framework_version")})
     return {
         "results": len(records),
-        "failed": sum(r["status"] in ("failed", "oom") for r in records),
+        "failed": sum(r["status"] in results.NOT_OK for r in records),
         "skipped": sum(r["status"] == "skipped" for r in records),
         "synthetic": sum(r["data"] == "synthetic" for r in records),
         "hosts": distinct(e.get("hostname") for e in envs),
@@ -309,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file")
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown")
     args = parser.parse_args(argv)
+    for path in filter(None, (args.output, args.markdown)):
+        problem = results.output_problem(path)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     warnings: list[str] = []
 
     def warn(message: str) -> None:
@@ -324,9 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: no valid results in {', '.join(map(str, args.dirs))}; the report is empty",
               file=sys.stderr)
     ctx = context(records, warnings)
-    results.write_atomic(args.output, render_html(ctx))
-    print(f"wrote {args.output} ({len(records)} results, {len(warnings)} files skipped)")
-    if args.markdown:
-        results.write_atomic(args.markdown, render_markdown(context(records, warnings, with_plots=False)))
-        print(f"wrote {args.markdown}")
+    try:
+        results.write_atomic(args.output, render_html(ctx))
+        print(f"wrote {args.output} ({len(records)} results, {len(warnings)} warnings)")
+        if args.markdown:
+            results.write_atomic(args.markdown, render_markdown(context(records, warnings, with_plots=False)))
+            print(f"wrote {args.markdown}")
+    except results.OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

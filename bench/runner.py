@@ -28,6 +28,10 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+class NonFiniteMeasurement(FloatingPointError):
+    """A measured figure (a time, an accuracy, a loss) is NaN or infinite: never a result."""
+
+
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_NO_DEVICE = 0, 1, 2, 3
 
 
@@ -207,7 +211,7 @@ def base_record(framework: str, task: str, device: str, precision: str, quick: b
         "device": device,
         "device_name": env.get("gpu") if device == "gpu" else env.get("cpu"),
         "precision": precision,
-        "data": "synthetic",
+        "data": None,  # not loaded yet: set to the kind of data the task actually loaded
         "data_source": None,
         "quick": quick,
         "params": None,
@@ -231,8 +235,25 @@ def base_record(framework: str, task: str, device: str, precision: str, quick: b
     }
 
 
+def check_finite(task: str, runs: list) -> None:
+    """Every measured figure of every repeat is a finite number (NonFiniteMeasurement if not):
+    a NaN time or accuracy is a failed task, never an ok result."""
+    for r, m in enumerate(runs, 1):
+        figures = [("time_total_s", m.time_total_s), ("accuracy", m.accuracy), ("final_loss", m.final_loss)]
+        figures += [(f"epoch {i} time", t) for i, t in enumerate(m.epoch_times_s or [], 1)]
+        for name, value in figures:
+            if value is not None and not math.isfinite(float(value)):
+                raise NonFiniteMeasurement(f"{task}: repeat {r} measured {name} = {value}; "
+                                           "a figure that is not a finite number is never a result")
+        if not m.time_total_s > 0:  # throughput is samples / time: a zero time is no measurement
+            raise NonFiniteMeasurement(f"{task}: repeat {r} measured time_total_s = {m.time_total_s}; "
+                                       "a time must be more than zero")
+
+
 def fill_measurements(record: dict, task: str, data_kind: str, runs: list[Measurement]) -> dict:
-    """Median over repeats (the median repeat's epochs), spread in stats, status ok."""
+    """Median over repeats (the median repeat's epochs), spread in stats, status ok.
+    NonFiniteMeasurement (the record untouched) if any measured figure is NaN or infinite."""
+    check_finite(task, runs)
     totals = [m.time_total_s for m in runs]
     order = np.argsort(totals)
     median_run = runs[int(order[(len(runs) - 1) // 2])]
@@ -262,6 +283,19 @@ def fill_measurements(record: dict, task: str, data_kind: str, runs: list[Measur
 
 # ---------------------------------------------------------------- the run
 
+def write_task_result(record: dict, out: Path, log) -> bool:
+    """Write one task's result; a failed write (a full disk, a read-only folder) is logged and
+    the run goes on with the next task. False if it was not written."""
+    try:
+        path = results.write_result(record, out)
+    except (OSError, results.ResultSchemaError) as exc:  # results.OutputError names file and reason
+        why = exc.strerror if isinstance(exc, results.OutputError) and exc.strerror else exc
+        log(f"error: could not write the {record['task']} result: {why}")
+        return False
+    log(f"[{record['framework']} {record['task']}] wrote {path}")
+    return True
+
+
 @dataclass
 class RunOptions:
     framework: str
@@ -290,7 +324,7 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
             rec = base_record(opts.framework, task, opts.device, opts.precision, opts.quick, spec, env)
             rec.update(status=status, error=f"{type(exc).__name__}: {exc}", finished_at=results.now_iso())
             records.append(rec)
-            results.write_result(rec, opts.out)
+            write_task_result(rec, opts.out, log)
 
     try:
         fw = load_framework(opts.module)
@@ -336,8 +370,8 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
             log(f"[{opts.framework} {task}] {record['status'].upper()}: {record['error']}")
             exit_code = EXIT_TASK_FAILED
         record["finished_at"] = results.now_iso()
-        path = results.write_result(record, opts.out)
-        log(f"[{opts.framework} {task}] wrote {path}")
+        if not write_task_result(record, opts.out, log):
+            exit_code = EXIT_TASK_FAILED if exit_code == EXIT_OK else exit_code
         records.append(record)
     return exit_code, records
 
@@ -348,7 +382,7 @@ def summary_table(records: list[dict]) -> str:
     for r in records:
         epochs = r.get("epoch_times_s") or []
         rows.append((
-            r["framework"], r["task"], r["device"], r["data"], r["status"],
+            r["framework"], r["task"], r["device"], r.get("data") or "-", r["status"],
             f"{r['params']:,}" if r.get("params") is not None else "-",
             _fmt(r.get("time_total_s")),
             _fmt(float(np.median(epochs))) if epochs else "-",

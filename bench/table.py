@@ -13,18 +13,8 @@ from . import results
 
 
 def load_folder(folders, warn=lambda m: print(m, file=sys.stderr)) -> list[dict]:
-    """Every valid result under the folders; anything else is skipped with a warning."""
-    records = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"results folder {folder} does not exist")
-        for path in sorted(folder.rglob("*.json")):
-            try:
-                records.append(results.load_result(path))
-            except results.ResultSchemaError as exc:
-                warn(f"warning: skipped {exc}")
-    return records
+    """Every valid result under the folders, each measurement once (results.load_results)."""
+    return results.load_results(folders, warn)
 
 
 def _cell(rows: list[dict], task: str) -> str:

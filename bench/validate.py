@@ -11,15 +11,17 @@ regression (FAIL) only if it is slow every time; a faster one passes and says so
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 from . import envinfo, results, tasks
-from .table import load_folder
 
 BASELINE_FORMAT = "bench-baseline-2"  # 1: bands of all repeats' median; refused
 DEFAULT_FLOOR = 0.15  # for steady devices (GPUs); shared CPU VMs need more (make-cpu-baseline: 0.35)
@@ -29,6 +31,13 @@ SPREAD_FACTOR = 3.0
 MAX_SPREAD_TOLERANCE = 0.6
 CONFIRM_RUNS = 2  # fresh processes a slow figure gets before it is a FAIL
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_BAND = 0, 1, 2, 4
+BASELINE_SCHEMA_PATH = Path(__file__).parent / "schema" / "baseline-v2.schema.json"
+MAX_BASELINE_BYTES = 16 << 20  # thousands of bands; anything larger is not a baseline
+MAX_REPEATS = 1000
+
+
+class BaselineError(ValueError):
+    """A baseline file that cannot be used; the message names the file (and the band)."""
 
 
 def figure(record: dict) -> float:
@@ -52,12 +61,13 @@ def best(record: dict) -> float:
 
 
 def band_key(record: dict) -> dict:
-    cell = record.get("cell") or {}
-    image = (record.get("env") or {}).get("container_image") or {}
+    # The variant is named as everywhere else (results.variant_of): a sweep cell outside any
+    # image and a plain `bench run` are both "venv", so a baseline made from a local sweep
+    # finds the band for `bench validate` on the same machine.
     return {
         "device_name": record.get("device_name") or record["device"],
         "framework": record["framework"],
-        "variant": cell.get("variant") or image.get("variant") or "-",
+        "variant": results.variant_of(record),
         "task": record["task"],
         "precision": record["precision"],
         "quick": bool(record.get("quick")),
@@ -69,15 +79,21 @@ def _key_tuple(key: dict) -> tuple:
     return tuple(key[k] for k in ("device_name", "framework", "variant", "task", "precision", "quick", "data"))
 
 
-def make_bands(records: list[dict], floor: float = DEFAULT_FLOOR) -> list[dict]:
+def make_bands(records: list[dict], floor: float = DEFAULT_FLOOR, warn=None) -> list[dict]:
     """One band per figure: the median over runs of each run's best repeat, and a tolerance
-    from the spread between runs (process-to-process variation is what validate meets)."""
+    from the spread between runs (process-to-process variation is what validate meets).
+    A run whose figure is not a positive finite number is left out (warn names it)."""
     groups: dict = {}
     for r in records:
         if r["status"] == "ok":
             key = band_key(r)
-            _, bests, repeats = groups.setdefault(_key_tuple(key), (key, [], []))
             run = samples(r)
+            if not run or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in run):
+                if warn:
+                    warn(f"warning: left out {r['framework']} {r['task']} (started {r.get('started_at')}): "
+                         f"its figures {run} are not all positive finite numbers")
+                continue
+            _, bests, repeats = groups.setdefault(_key_tuple(key), (key, [], []))
             bests.append(min(run))
             repeats.append(len(run))
     bands = []
@@ -99,46 +115,147 @@ def find_band(bands: list[dict], record: dict) -> dict | None:
     return next((b for b in bands if _key_tuple(b) == want), None)
 
 
+@lru_cache(maxsize=1)
+def _baseline_validator():
+    return results.schema_validator(json.loads(BASELINE_SCHEMA_PATH.read_text(encoding="utf-8")))
+
+
+class _NonFinite(str):
+    """NaN, Infinity or -Infinity as written in a file: parse_constant turns each into this (never
+    a float), so the check below refuses it and names the band it sits in."""
+
+
+def _non_finite_paths(node, path=()) -> list:
+    if isinstance(node, _NonFinite) or (isinstance(node, float) and not math.isfinite(node)):
+        return [list(path)]  # a float here: a literal too large for one (1e999)
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _non_finite_paths(v, path + (k,))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _non_finite_paths(v, path + (i,))]
+    return []
+
+
+def _band_name(doc: dict, index) -> str:
+    bands = doc.get("bands")
+    band = bands[index] if isinstance(bands, list) and isinstance(index, int) and index < len(bands) else None
+    if isinstance(band, dict):
+        return f"band {index} ({band.get('framework', '?')}/{band.get('task', '?')})"
+    return f"band {index}"
+
+
+def _where(doc: dict, path: list) -> str:
+    """'band 3 (pytorch/cnn): median' for a path into the document."""
+    if len(path) >= 2 and path[0] == "bands":
+        rest = "/".join(map(str, path[2:]))
+        return _band_name(doc, path[1]) + (f": {rest}" if rest else "")
+    return "/".join(map(str, path)) or "(top)"
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def baseline_errors(doc: dict) -> list:
+    """Every way a decoded baseline is unusable, as 'band 3 (pytorch/cnn): median: ...' lines."""
+    bad = [f"{_where(doc, p)}: not a finite number (NaN and infinities are never bands)"
+           for p in _non_finite_paths(doc)]
+    if bad:
+        return bad
+    errors = sorted(_baseline_validator().iter_errors(doc), key=lambda e: [str(x) for x in e.absolute_path])
+    found = [f"{_where(doc, list(e.absolute_path))}: {_short(e.message)}" for e in errors]
+    if found:
+        return found
+    for i, band in enumerate(doc["bands"]):  # what a schema cannot say: the band is in order
+        if not band["low"] <= band["median"] <= band["high"]:
+            found.append(f"{_band_name(doc, i)}: low {band['low']}, median {band['median']} and high "
+                         f"{band['high']} are not in order (low <= median <= high)")
+    return found
+
+
 def load_baseline(path: Path) -> dict:
+    """A baseline file, validated before anything runs against it. BaselineError (a
+    ValueError) names the file, and the band where one is wrong."""
+    name = results.printable(path)
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"baseline {path} is not readable JSON: {exc}") from exc
+        path = Path(path)
+        if not path.is_file():
+            raise BaselineError(f"baseline {name} is not a file" if path.exists()
+                                else f"baseline {name} does not exist")
+        raw = path.read_bytes()
+        if len(raw) > MAX_BASELINE_BYTES:
+            raise BaselineError(f"baseline {name}: {len(raw):,} bytes, more than any baseline; not read")
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_NonFinite)
+    except BaselineError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BaselineError(f"baseline {name} is not readable JSON: {exc}") from exc
     if isinstance(doc, dict) and doc.get("format") == "bench-baseline-1":
-        raise ValueError(f"{path} is an older baseline (format bench-baseline-1: bands of the median "
-                         "repeat, not of the best); remake it from the same results with "
-                         "`python -m bench baseline DIR -o FILE`")
+        raise BaselineError(f"{name} is an older baseline (format bench-baseline-1: bands of the median "
+                            "repeat, not of the best); remake it from the same results with "
+                            "`python -m bench baseline DIR -o FILE`")
     if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
-        raise ValueError(f"{path} is not a baseline file (format {BASELINE_FORMAT!r}); "
-                         "make one with `python -m bench baseline DIR -o FILE`")
+        raise BaselineError(f"{name} is not a baseline file (format {BASELINE_FORMAT!r}); "
+                            "make one with `python -m bench baseline DIR -o FILE`")
+    try:
+        errors = baseline_errors(doc)
+    except RecursionError as exc:
+        raise BaselineError(f"baseline {name}: nested too deeply to be a baseline") from exc
+    if errors:
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise BaselineError(f"baseline {name} is not valid (bench/schema/baseline-v2.schema.json): "
+                            + "; ".join(errors[:5]) + more)
     return doc
 
 
 # ---------------------------------------------------------------- commands
 
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _os_message(exc: OSError) -> str:
+    return exc.strerror if isinstance(exc, results.OutputError) and exc.strerror else str(exc)
+
+
 def cmd_baseline(args) -> int:
+    # The output is checked before the results are read, and the write's own failure (a full
+    # disk) is reported the same way: a message naming the file, exit 2, never a traceback.
+    problem = results.output_problem(args.output)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        records = load_folder(args.dirs)
+        records = results.load_results(args.dirs, _warn)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    bands = make_bands(records, args.floor)
+    bands = make_bands(records, args.floor, warn=_warn)
     if not bands:
-        print(f"error: no ok results in {', '.join(map(str, args.dirs))} to make a baseline from",
+        print(f"error: no ok results in {', '.join(map(results.printable, args.dirs))} to make a baseline from",
               file=sys.stderr)
         return EXIT_USAGE
     doc = {
         "format": BASELINE_FORMAT,
         "created_at": results.now_iso(),
-        "command": " ".join(["python -m bench baseline", *map(str, args.dirs), "-o", str(args.output)]),
+        "command": " ".join(["python -m bench baseline", *map(results.printable, args.dirs),
+                             "-o", results.printable(args.output)]),
         "floor": args.floor,
         "host": envinfo.capture()["hostname"],
         "git_commit": envinfo.git_commit(),
         "note": args.note,
         "bands": bands,
     }
-    results.write_atomic(args.output, json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.output}: {len(bands)} bands from {len(records)} results")
+    errors = baseline_errors(doc)
+    if errors:  # never write a baseline that validate would refuse
+        print(f"error: the baseline made from {', '.join(map(results.printable, args.dirs))} is not valid: "
+              + "; ".join(errors[:5]), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        results.write_atomic(args.output, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:  # results.OutputError names the file and the reason
+        print(f"error: {_os_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {results.printable(args.output)}: {len(bands)} bands from {len(records)} results")
     for b in bands:
         print(f"  {b['framework']:<18} {b['task']:<9} {b['device_name']} {'quick' if b['quick'] else 'full'} "
               f"{b['data']}: {b['median']:.3f} +{100 * b['tolerance']:.0f}% "
@@ -151,11 +268,18 @@ def this_device() -> str:
 
 
 def cmd_validate(args) -> int:
+    # Everything that can be refused is refused before the first run: the baseline (every
+    # band, against bench/schema/baseline-v2.schema.json) and the results folder.
     try:
         baseline = load_baseline(args.baseline)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.out:
+        problem = results.folder_problem(args.out)
+        if problem:
+            print(f"error: --out: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     bands = baseline["bands"]
     device = this_device()
     env = envinfo.capture()
@@ -172,10 +296,13 @@ def cmd_validate(args) -> int:
     repeats = args.repeats or max(b.get("repeats_per_run", 3) for b in here)
     task_list = args.tasks or list(tasks.TASK_NAMES)
     # A fresh folder per run: results of an earlier run in the same --out are never judged again.
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix="validate-", dir=args.out) if args.out
-               else tempfile.mkdtemp(prefix="bench-validate-"))
+    try:
+        out = Path(tempfile.mkdtemp(prefix="validate-", dir=args.out) if args.out
+                   else tempfile.mkdtemp(prefix="bench-validate-"))
+    except OSError as exc:
+        print(f"error: cannot make a results folder in {results.printable(args.out or tempfile.gettempdir())}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     verdicts = []
     for framework in frameworks:
         cmd = [sys.executable, "-m", "bench", "run", "--framework", framework, "--device", device,
@@ -188,7 +315,7 @@ def cmd_validate(args) -> int:
         if proc.returncode == 2:
             print(f"error: `bench run` refused {framework} (see above)", file=sys.stderr)
             return EXIT_USAGE
-        first = [judge(results.load_result(p), bands) for p in sorted((out / framework).glob("*.json"))]
+        first = judge_folder(out / framework, framework, task_list, bands)
         # A regression must reproduce: a shared host puts a whole process in a slow mode now
         # and then (seen in 2 of 10 first runs here), so a slow figure gets fresh processes.
         earlier: dict = {}
@@ -204,8 +331,7 @@ def cmd_validate(args) -> int:
             print(f"[validate] slower than the band: {', '.join(slow)}; measuring again in a fresh "
                   f"process (confirmation {attempt} of {CONFIRM_RUNS})", flush=True)
             subprocess.run(cmd)
-            rerun = {v["task"]: v for v in (judge(results.load_result(p), bands)
-                                            for p in sorted(again.glob("*.json")))}
+            rerun = {v["task"]: v for v in judge_folder(again, framework, slow, bands)}
             for i, v in enumerate(first):
                 if v["task"] in slow and v["task"] in rerun:
                     first[i] = rerun[v["task"]]
@@ -226,6 +352,23 @@ def cmd_validate(args) -> int:
     return EXIT_FAIL if failed else EXIT_PASS
 
 
+def judge_folder(folder: Path, framework: str, task_list: list, bands: list[dict]) -> list[dict]:
+    """A verdict for every task asked for: a task whose run left no valid result fails (a run
+    that crashed is never a silent pass)."""
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            record = results.load_result(path)
+        except results.ResultSchemaError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
+        found[record["task"]] = judge(record, bands)
+    missing = "the run wrote no valid result (see its output above)"
+    return [found.get(task) or {"verdict": "FAIL", "task": task,
+                                "line": f"{'FAIL':<8} {framework:<18} {task:<9} {missing}"}
+            for task in task_list]
+
+
 def judge(record: dict, bands: list[dict]) -> dict:
     name, task = record["framework"], record["task"]
     if record["status"] != "ok":
@@ -236,21 +379,62 @@ def judge(record: dict, bands: list[dict]) -> dict:
     if band is None:
         return {"verdict": "NO BAND", "task": task, "line": f"{'NO BAND':<8} {name:<18} {task:<9} {value:>10.3f} "
                                               f"no band for {_key_tuple(band_key(record))}"}
-    ratio = value / band["median"]
-    verdict = "FAIL" if value > band["high"] else "PASS"
-    note = " (faster than the band)" if value < band["low"] else ""
+    median, high, low = band.get("median"), band.get("high"), band.get("low")
+    # PASS only where every number is a real one: a NaN compares false with everything, so
+    # the test is written as the condition to pass, never as the condition to fail.
+    sound = all(_finite(v) for v in (value, median, high, low, band.get("tolerance"))) and median > 0
+    if not sound:
+        return {"verdict": "FAIL", "task": task,
+                "line": f"{'FAIL':<8} {name:<18} {task:<9} {value!r:>10} the band (median {median!r}, "
+                        f"high {high!r}) or the figure is not a finite positive number"}
+    ratio = value / median
+    verdict = "PASS" if value <= high else "FAIL"
+    note = " (faster than the band)" if value < low else ""
     return {"verdict": verdict, "ratio": ratio, "task": task,
             "line": f"{verdict:<8} {name:<18} {task:<9} {value:>10.3f} "
-                    f"{band['median']:>9.3f} +{100 * band['tolerance']:>3.0f}% ({band['high']:.3f}) "
+                    f"{median:>9.3f} +{100 * band['tolerance']:>3.0f}% ({high:.3f}) "
                     f"{ratio:>6.2f}x{note}"}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _floor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not math.isfinite(value) or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number from 0 up to (not including) 1, a relative tolerance such as "
+            f"{DEFAULT_FLOOR}; got {text!r}")
+    return value
+
+
+def _repeats(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if not 1 <= value <= MAX_REPEATS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_REPEATS}, got {value}")
+    return value
+
+
+def _tasks(text: str) -> list:
+    try:
+        return tasks.parse_tasks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
 
 
 def register(sub) -> None:
     p = sub.add_parser("baseline", help="turn a folder of good results into expected bands")
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
-                   help=f"smallest relative tolerance (default {DEFAULT_FLOOR})")
+    p.add_argument("--floor", type=_floor, default=DEFAULT_FLOOR,
+                   help=f"smallest relative tolerance, 0 <= floor < 1 (default {DEFAULT_FLOOR})")
     p.add_argument("--note", default=None, help="free text kept in the file (how it was made)")
     p.set_defaults(handler=cmd_baseline)
 
@@ -258,11 +442,11 @@ def register(sub) -> None:
     p.add_argument("--baseline", type=Path, required=True)
     p.add_argument("--framework", dest="frameworks", type=lambda s: [x for x in s.split(",") if x],
                    help="comma-separated (default: every framework with a band for this device)")
-    p.add_argument("--tasks", type=tasks.parse_tasks, default=None)
+    p.add_argument("--tasks", type=_tasks, default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="repeats per run (default: as many as the baseline's runs had)")
+    p.add_argument("--repeats", type=_repeats, default=None,
+                   help=f"repeats per run, 1 to {MAX_REPEATS} (default: as many as the baseline's runs had)")
     p.add_argument("--out", type=Path, default=None, help="folder for the results (default: a new temp folder)")
     p.set_defaults(handler=cmd_validate)
 

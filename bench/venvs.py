@@ -12,6 +12,7 @@ from pathlib import Path
 from .frameworks import REPO_ROOT, Framework, importable_here, venv_path, venv_python
 
 MARKER = ".bench-setup.json"
+MAX_MARKER_BYTES = 64 << 10  # setup writes about 100 bytes
 
 
 class SetupError(RuntimeError):
@@ -36,18 +37,40 @@ def pins_digest(fw: Framework) -> str:
     return h.hexdigest()[:16]
 
 
+def read_marker(fw: Framework) -> dict | None:
+    """The environment's setup marker as setup wrote it (a JSON object), or None when it is
+    missing or unreadable: not a regular file, too large, not UTF-8, not JSON, not an object."""
+    marker = venv_path(fw) / MARKER
+    try:
+        if not marker.is_file():  # a FIFO or a folder of that name is never opened
+            return None
+        with open(marker, "rb") as f:
+            raw = f.read(MAX_MARKER_BYTES + 1)
+        if len(raw) > MAX_MARKER_BYTES:
+            return None
+        doc = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def marker_unreadable(fw: Framework) -> bool:
+    """The marker exists but says nothing usable (garbage, a list, a string, ...)."""
+    return os.path.lexists(venv_path(fw) / MARKER) and read_marker(fw) is None
+
+
 def state(fw: Framework) -> str:
-    """'ready', 'stale' (pins changed since setup), 'absent' or 'container-only'."""
+    """'ready', 'stale' (pins changed since setup, or the marker is unreadable: which pins it
+    was made with is unknown), 'absent' or 'container-only'."""
     if not fw.runs_here:
         return "container-only"
     marker = venv_path(fw) / MARKER
-    if not marker.exists() or not venv_python(fw).exists():
+    if not os.path.lexists(marker) or not venv_python(fw).exists():
         return "absent"
-    try:
-        recorded = json.loads(marker.read_text()).get("pins_digest")
-    except (OSError, json.JSONDecodeError):
+    recorded = read_marker(fw)
+    if recorded is None:
         return "stale"
-    return "ready" if recorded == pins_digest(fw) else "stale"
+    return "ready" if recorded.get("pins_digest") == pins_digest(fw) else "stale"
 
 
 def setup(fw: Framework, recreate: bool = False, log=print) -> Path:
@@ -67,8 +90,13 @@ def setup(fw: Framework, recreate: bool = False, log=print) -> Path:
     if not venv_python(fw).exists():
         log(f"[setup {fw.name}] creating {path}")
         venv.EnvBuilder(with_pip=True, clear=True).create(path)
-    if (path / MARKER).exists():
-        (path / MARKER).unlink()
+    marker = path / MARKER
+    if marker.is_dir() and not marker.is_symlink():  # a folder of that name: never a marker
+        import shutil
+
+        shutil.rmtree(marker)
+    elif os.path.lexists(marker):
+        marker.unlink()
     python = str(venv_python(fw))
     steps = list(fw.pip_steps) + [("-e", str(REPO_ROOT))]
     for step in steps:

@@ -55,6 +55,7 @@ def test_real_data_offline_is_a_failed_task_naming_the_file(tmp_path):
     [record] = [results.load_result(p) for p in (tmp_path / "out").glob("*.json")]
     assert record["status"] == "failed"
     assert "imdb.npz" in record["error"] and str(tmp_path / "cache") in record["error"]
+    assert record["data"] is None  # no data was loaded: neither real nor synthetic
 
 
 def test_corrupt_cached_data_is_a_checksum_error(tmp_path):
@@ -75,6 +76,9 @@ def test_corrupt_cached_data_is_a_checksum_error(tmp_path):
     (["run", "--framework", "pytorch", "--tasks", "cnn,lstm"], "unknown task(s) lstm"),
     (["run", "--framework", "pytorch", "--epochs", "0"], "must be at least 1"),
     (["run", "--framework", "pytorch", "--data", "imagenet"], "invalid choice: 'imagenet'"),
+    (["run", "--framework", "pytorch", "--seed=-1"], "must be from 0 to 4294967295"),
+    (["run", "--framework", "pytorch", "--repeats", "5000"], "must be at most 1000"),
+    (["baseline", "results", "-o", "b.json", "--floor", "nan"], "argument --floor"),
     (["setup", "caffe9"], "unknown framework 'caffe9'"),
 ])
 def test_bad_arguments_are_usage_errors(args, message):

@@ -37,6 +37,8 @@ else:
     n_test = len(np.load(request["arrays"]["x_test"]))
     np.save(request["logits"], np.zeros((n_test, spec["classes"]), dtype=np.float32))
     m.update(epoch_times_s=[1.5] * spec["epochs"], losses=[0.7] * spec["epochs"])
+if mode == "nan-time":
+    m["epoch_times_s"] = [float("nan")] * spec["epochs"]
 json.dump(m, open(request["measurement"], "w"))
 """
 
@@ -71,6 +73,7 @@ def test_knet_launch_intake_and_records(fake_julia, tmp_path):
     ("wrong-params", "failed", "3,441,593 trainable parameters", 1),
     ("crash", "failed", "exited with code 1", 1),
     ("no-gpu", "failed", "no GPU found", 3),
+    ("nan-time", "failed", "reported an epoch time = nan, not a time", 1),
 ])
 def test_knet_failures_become_failed_records(fake_julia, tmp_path, mode, status, text, code):
     env = dict(fake_julia, FAKE_JULIA_MODE=mode)

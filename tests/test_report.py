@@ -57,7 +57,7 @@ def test_html_and_markdown_hold_every_section(tmp_path, results_dir):
     assert "pytorch 2.14.1" in html and "tensorflow 2.21.0" in html
     # The fastest of each column is marked once per column.
     assert html.count("class=\"fastest\"") == 3
-    assert "| framework | AMD EPYC / - |" in md
+    assert "| framework | AMD EPYC / venv |" in md
     assert md.count("** ★") == 3 and "no GPU found" in md and "<svg" not in md
     for external in ('src="http', "src='http", 'href="http', "url(http", "@import", "<link"):
         assert external not in html  # self-contained: nothing to fetch on an air-gapped cluster

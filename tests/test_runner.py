@@ -91,3 +91,105 @@ def test_summary_table_lists_every_record(tmp_path, monkeypatch):
     _, records, _ = _run(tmp_path, monkeypatch, mode="raise-rnn")
     table = runner.summary_table(records).splitlines()
     assert len(table) == 4 and "failed" in table[2] and "3,441,592" in table[1]
+
+
+def test_a_full_disk_for_one_result_does_not_stop_the_other_tasks(tmp_path, monkeypatch):
+    import errno
+
+    import os
+
+    real_write, real_fsync = results.write_atomic, os.fsync
+    calls = []
+
+    def full_for_the_first(path, text):
+        calls.append(path)
+        if len(calls) == 1:  # the first result meets a full disk as it is flushed
+            def full(fd):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            monkeypatch.setattr(os, "fsync", full)
+        try:
+            return real_write(path, text)
+        finally:
+            monkeypatch.setattr(os, "fsync", real_fsync)
+
+    monkeypatch.setattr(results, "write_atomic", full_for_the_first)
+    logged = []
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    opts = runner.RunOptions(framework="fake", module="fake_framework", tasks=["cnn", "rnn", "resnet50"],
+                             data="synthetic", quick=True, out=tmp_path)
+    code, records = runner.run(opts, log=logged.append)
+    assert code == runner.EXIT_TASK_FAILED  # a result that was not written is not a success
+    assert [r["task"] for r in records] == ["cnn", "rnn", "resnet50"]  # the run went on
+    assert any(m.startswith("error: could not write the cnn result: cannot write ")
+               and "the disk is full" in m for m in logged), logged
+    on_disk = sorted(results.load_result(p)["task"] for p in tmp_path.glob("*.json"))
+    assert on_disk == ["resnet50", "rnn"]
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left beside them
+    table = runner.summary_table(records).splitlines()  # the summary still covers every task
+    assert len(table) == 4 and "cnn" in table[1]
+
+
+def test_a_non_finite_measured_time_is_a_failed_task_never_a_result(tmp_path, monkeypatch):
+    real = runner.measure_training
+
+    def nan_time(*args, **kwargs):
+        m = real(*args, **kwargs)
+        m.time_total_s = float("nan")
+        return m
+
+    monkeypatch.setattr(runner, "measure_training", nan_time)
+    code, _, on_disk = _run(tmp_path, monkeypatch, task_list=("cnn", "resnet50"))
+    assert code == runner.EXIT_TASK_FAILED
+    status = {r["task"]: r for r in on_disk}
+    assert status["cnn"]["status"] == "failed" and status["resnet50"]["status"] == "ok"
+    assert "NonFiniteMeasurement" in status["cnn"]["error"] and "time_total_s = nan" in status["cnn"]["error"]
+    assert status["cnn"]["time_total_s"] is None
+
+
+@pytest.mark.parametrize("field, value, text", [
+    ("time_total_s", float("inf"), "not a finite number"), ("accuracy", float("nan"), "not a finite number"),
+    ("final_loss", float("-inf"), "not a finite number"), ("epoch_times_s", [1.0, float("nan")], "not a finite number"),
+    ("time_total_s", 0.0, "more than zero"),
+])
+def test_fill_measurements_refuses_every_non_finite_figure(field, value, text):
+    m = runner.Measurement(time_total_s=2.0, epoch_times_s=[1.0, 1.0], accuracy=0.5, final_loss=1.0,
+                           params=1, samples={"train": 100, "test": 10})
+    setattr(m, field, value)
+    record = {"status": "failed"}
+    with pytest.raises(runner.NonFiniteMeasurement, match=text):
+        runner.fill_measurements(record, "cnn", "real", [m])
+    assert record == {"status": "failed"}  # untouched: never half an ok record
+
+
+def test_real_data_that_failed_to_load_is_recorded_as_not_loaded(tmp_path, monkeypatch):
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
+    monkeypatch.setenv("BENCH_DATA_DIR", str(cache))
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    out = tmp_path / "out"
+    opts = runner.RunOptions(framework="fake", module="fake_framework", tasks=["cnn"], data="real",
+                             quick=True, out=out)
+    code, records = runner.run(opts, log=lambda m: None)
+    assert code == runner.EXIT_TASK_FAILED
+    [record] = [results.load_result(p) for p in out.glob("*.json")]
+    assert record["status"] == "failed"
+    assert "cifar-10-python.tar.gz" in record["error"] and str(cache) in record["error"]
+    assert record["data"] is None  # neither real nor synthetic data was loaded
+    assert "-" in runner.summary_table(records).splitlines()[1].split()
+
+
+def test_data_says_what_was_loaded(tmp_path, monkeypatch):
+    _, _, on_disk = _run(tmp_path, monkeypatch, task_list=("cnn",))
+    assert on_disk[0]["data"] == "synthetic"
+    spec = runner.tasks.sized("cnn", "cpu", True)
+    assert runner.base_record("fake", "cnn", "cpu", "fp32", True, spec, {})["data"] is None
+
+
+def test_a_started_at_that_is_not_a_date_time_is_refused():
+    spec = runner.tasks.sized("cnn", "cpu", True)
+    rec = runner.base_record("fake", "cnn", "cpu", "fp32", True, spec, runner.envinfo.capture())
+    rec.update(error="RuntimeError: x")
+    results.validate(rec)  # as written: valid
+    with pytest.raises(results.ResultSchemaError, match="started_at"):
+        results.validate(dict(rec, started_at="yesterday"))

@@ -93,23 +93,41 @@ def test_an_ok_result_is_never_replaced_by_a_failed_one(tmp_path):
 
 def test_interrupt_keeps_finished_cells_and_marks_the_running_one(tmp_path):
     require_env(frameworks.get("tensorflow"))
-    m = _write(tmp_path, LOCAL_MATRIX.replace("  pytorch: {}\n", "").replace(
-        '  h100: {device: gpu, gres: "gpu:h100:1"}   # absent here: these cells fail, the others go on\n', ""))
+    # Two cells: the h100 one ends at once (no GPU here), then the cpu one is interrupted.
+    m = _write(tmp_path, LOCAL_MATRIX.split("frameworks:")[0] + "frameworks:\n  tensorflow: {}\n"
+               "gpus:\n  h100: {device: gpu, gres: 'gpu:h100:1'}\n  cpu: {device: cpu}\n")
     out = tmp_path / "out"
+    finished, running = ("tensorflow__venv__h100__rnn__fp32__r0__quick",
+                         "tensorflow__venv__cpu__rnn__fp32__r0__quick")
     proc = subprocess.Popen([sys.executable, "-m", "bench", "sweep", str(m), "--out", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = out / "logs" / "tensorflow__venv__cpu__rnn__fp32__r0__quick.log"
-    deadline = time.monotonic() + 120
-    while not log.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        # Wait for a state, not for a time: the sweep names the cell it has started (and its
+        # process id) in the folder's lock file once that process exists.
+        deadline, pid = time.monotonic() + 600, None
+        while pid is None:
+            holder = sweep.read_holder(out / sweep.LOCK_NAME) or {}
+            pid = next((r.get("pid") for r in holder.get("running") or [] if r.get("cell") == running), None)
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the sweep never started the cpu cell: " + "".join(proc.communicate()))
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, stdout + stderr
     assert "the next run resumes" in stderr
-    [rec] = [results.load_result(p) for p in out.glob("*.json")]
-    assert rec["status"] == "failed" and "interrupted" in rec["error"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".tensorflow")], "temp folder left"
+    recs = {r["cell"]["id"]: r for r in (results.load_result(p) for p in out.glob("*.json"))}
+    assert set(recs) == {finished, running}
+    assert recs[finished]["status"] == "failed" and "no GPU found" in recs[finished]["error"]
+    assert not recs[finished]["cell"].get("interrupted")  # finished before the signal: kept as it was
+    assert recs[running]["status"] == "failed" and recs[running]["cell"]["interrupted"] is True
+    assert recs[running]["error"] == "interrupted (SIGINT): run the sweep again to resume"
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    assert not [p for p in out.iterdir() if p.name.startswith(sweep.TEMP_PREFIX)], "temp folder left"
 
 
 @pytest.mark.parametrize("change, message", [
