@@ -63,6 +63,16 @@ def command(fw, request_path: Path) -> tuple[list[str], dict]:
     raise LaunchError(f"{fw.name}: no launcher for language {fw.language!r}")
 
 
+def epoch_orders(n: int, epochs: int, seed: int) -> np.ndarray:
+    """The harness's shuffle for a foreign program: row e is epoch e's order of the n training
+    samples (epochs x n, int64). It is the Python frameworks' shuffle call for call (runner.Epochs:
+    data_mod.shuffled once per epoch, in order, with default_rng(seed)), so epoch e's batches are
+    x[row e] in consecutive slices, the same batches a Python framework trains on."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n, dtype=np.int64)
+    return np.stack([data_mod.shuffled(ids, ids, rng)[0] for _ in range(epochs)])
+
+
 def write_request(spec, task_data, device: str, precision: str, seed: int, folder: Path) -> Path:
     arrays = {}
     for name in ("x_train", "y_train", "x_test", "y_test"):
@@ -76,6 +86,10 @@ def write_request(spec, task_data, device: str, precision: str, seed: int, folde
         "spec": tasks.hyperparameters(spec), "arrays": arrays, "layout": "NCHW",
         "measurement": str(folder / "measurement.json"), "logits": str(folder / "logits.npy"),
     }
+    if task_data.x_train is not None:
+        path = folder / "epoch_orders.npy"
+        np.save(path, epoch_orders(len(task_data.x_train), spec.epochs, seed))
+        request["epoch_orders"] = str(path)
     path = folder / "request.json"
     path.write_text(json.dumps(request, indent=2))
     return path

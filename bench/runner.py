@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -76,6 +77,133 @@ class Epoch:
         self.progress.update(index)
 
 
+class Epochs:
+    """Every epoch of one training run, for a framework that drives them all in one call
+    (Keras: one fit() over all epochs). The harness still owns the clock and the shuffle:
+
+    - begin(e) synchronises the device and starts epoch e's clock (e counts from 0, in order);
+    - batch(i) is batch i of the epoch being served; the framework's data source calls it, in
+      order, once per batch. Once epoch 0 has begun, the k-th batch served is batch
+      k % num_batches of epoch k // num_batches, however far the framework reads ahead (Keras on
+      TensorFlow prefetches the next epoch's first batches while this epoch's last steps run).
+      A batch of an epoch whose shuffled copy is made is a view into it, as Epoch's batches are;
+      a batch read ahead into the next epoch, before end() made that epoch's copy, is gathered on
+      its own from that epoch's order (a one-batch copy, inside the clock of the epoch that reads
+      it; read_ahead counts them). A batch asked for out of order is a FidelityError. Batches
+      asked for before epoch 0 begins are looks at epoch 0's data (Keras reads one or two to
+      learn their shapes before it trains) and do not count;
+    - end(e, mean_loss) synchronises, stops the clock, checks that the epoch's batches were all
+      served and that the loss is finite (NonFiniteLoss), logs the epoch line, then makes the
+      next epoch's shuffled copy, outside the clock;
+    - batch_done(i) reports progress (batch() already does, for the batches it serves).
+
+    The epochs' orders are drawn first, with the per-epoch loop's calls (data_mod.shuffled once
+    per epoch, in order, from the same seeded generator), and an epoch's copy is x[order], the
+    per-epoch loop's shuffled arrays: both paths train on the same batches. measure_training
+    calls finish() when the framework returns: not every epoch begun and ended is a FidelityError.
+    """
+
+    def __init__(self, fw, dev, spec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, log):
+        self.fw, self.dev, self.spec, self.log = fw, dev, spec, log
+        self.count, self.batch_size = spec.epochs, spec.batch_size
+        self.num_batches = len(x) // spec.batch_size
+        self.times: list = []
+        self.losses: list = []
+        ids = np.arange(len(x))
+        self.orders = [data_mod.shuffled(ids, ids, rng)[0] for _ in range(self.count)]
+        self.read_ahead: dict = {}  # epoch: how many of its batches were gathered before its copy
+        self._x_all, self._y_all = x, y
+        self._lock = threading.Lock()  # batch() may be called from the framework's input threads
+        self._open = None  # the epoch begun and not yet ended
+        self._start = 0.0
+        self._begun = False
+        self._served = 0  # batches served since epoch 0 began
+        self._progress = None
+        self._staged, self._x, self._y = 0, x[self.orders[0]], y[self.orders[0]]  # before any clock
+
+    def _label(self, epoch: int) -> str:
+        return f"[{self.fw.NAME} {self.spec.name}] epoch {epoch + 1}/{self.count}"
+
+    def _order_error(self, call: str, epoch: int) -> FidelityError:
+        now = (f"epoch index {self._open} is open" if self._open is not None
+               else f"{len(self.times)} of {self.count} epochs have ended")
+        return FidelityError(f"{self.spec.name}: {self.fw.NAME} called {call}({epoch}) out of order "
+                             f"({now}); each epoch 0..{self.count - 1} is begun and ended once, in order")
+
+    def begin(self, epoch: int) -> None:
+        with self._lock:
+            if self._open is not None or epoch != len(self.times) or epoch >= self.count:
+                raise self._order_error("begin", epoch)
+            self._open, self._begun = epoch, True
+            self._progress = Progress(self._label(epoch), self.num_batches)
+        self.fw.synchronize(self.dev)
+        self._start = time.perf_counter()
+
+    def batch(self, index: int):
+        """(x, y) of batch `index` of the epoch being served."""
+        index = int(index)
+        progress, epoch = None, 0
+        with self._lock:
+            if self._begun:
+                epoch, expected = divmod(self._served, self.num_batches)
+                if index != expected:
+                    raise FidelityError(
+                        f"{self.spec.name}: {self.fw.NAME} asked for batch {index} where batch {expected} "
+                        f"of epoch {epoch + 1} comes next: the harness's batches are read in order, once each "
+                        "(is the framework shuffling them itself?)")
+                if epoch < self.count:
+                    self._served += 1
+                    progress = self._progress if epoch == self._open else None
+                else:  # read ahead past the last epoch: never trained, not counted
+                    epoch = self.count - 1
+            elif not 0 <= index < self.num_batches:
+                raise FidelityError(f"{self.spec.name}: batch {index} asked for; there are {self.num_batches}")
+            start, stop = index * self.batch_size, (index + 1) * self.batch_size
+            if epoch == self._staged:
+                xb, yb = self._x[start:stop], self._y[start:stop]
+            else:  # read ahead into the next epoch before end() made its copy
+                rows = self.orders[epoch][start:stop]
+                xb, yb = self._x_all[rows], self._y_all[rows]
+                self.read_ahead[epoch] = self.read_ahead.get(epoch, 0) + 1
+        if progress is not None:
+            progress.update(index + 1)
+        return xb, yb
+
+    def batch_done(self, index: int) -> None:
+        if self._progress is not None:
+            self._progress.update(index)
+
+    def end(self, epoch: int, mean_loss) -> None:
+        if self._open != epoch:
+            raise self._order_error("end", epoch)
+        self.fw.synchronize(self.dev)
+        elapsed = time.perf_counter() - self._start
+        with self._lock:
+            self._open = None
+            read = min(self._served - epoch * self.num_batches, self.num_batches)
+        if read < self.num_batches:
+            raise FidelityError(f"{self.spec.name}: epoch {epoch + 1} read {read} of its "
+                                f"{self.num_batches} batches from the harness")
+        loss = float(mean_loss)
+        self.times.append(elapsed)
+        self.losses.append(loss)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"{self.spec.name}: training loss became {loss} in epoch {epoch + 1}")
+        self.log(f"{self._label(epoch)}: {elapsed:.2f} s, mean loss {loss:.4f}")
+        if epoch + 1 < self.count:  # the next epoch's shuffled copy, outside the clock
+            order = self.orders[epoch + 1]
+            x, y = self._x_all[order], self._y_all[order]
+            with self._lock:
+                self._staged, self._x, self._y = epoch + 1, x, y
+
+    def finish(self) -> None:
+        """The framework returned: it must have begun and ended every epoch."""
+        if self._open is not None or len(self.times) != self.count:
+            unended = f"; epoch {self._open + 1} was begun and never ended" if self._open is not None else ""
+            raise FidelityError(f"{self.spec.name}: {self.fw.NAME}'s train_{self.spec.name}_epochs drove "
+                                f"{len(self.times)} of {self.count} epochs{unended}")
+
+
 def batches_of(x: np.ndarray, batch_size: int):
     """Consecutive complete batches of inputs alone (prediction)."""
     for start in range(0, len(x) - batch_size + 1, batch_size):
@@ -88,10 +216,13 @@ TRAINING_API = {
     "cnn": ("build_cnn", "train_cnn_epoch", "predict_cnn"),
     "rnn": ("build_rnn", "train_rnn_epoch", "predict_rnn"),
 }
+# All epochs in one call, through an Epochs (Keras: one fit() over all epochs). A framework file
+# defines train_<task>_epoch, train_<task>_epochs or both; measure_training prefers the latter.
+EPOCHS_API = {"cnn": "train_cnn_epochs", "rnn": "train_rnn_epochs"}
 REQUIRED_API = (
     "NAME", "data_format", "init_device", "synchronize", "versions", "count_params",
-    "conventions", "build_cnn", "train_cnn_epoch", "predict_cnn", "build_rnn",
-    "train_rnn_epoch", "predict_rnn", "build_resnet50", "extract_features",
+    "conventions", "build_cnn", "predict_cnn", "build_rnn", "predict_rnn", "build_resnet50",
+    "extract_features",
 )
 
 
@@ -105,6 +236,9 @@ def load_framework(module_name: str):
             f"Python ({sys.executable})? `python -m bench setup NAME` creates its environment."
         ) from exc
     missing = [name for name in REQUIRED_API if not hasattr(module, name)]
+    for task, (_, one_epoch, _) in TRAINING_API.items():
+        if not hasattr(module, one_epoch) and not hasattr(module, EPOCHS_API[task]):
+            missing.append(f"{one_epoch} (or {EPOCHS_API[task]})")
     if missing:
         raise AttributeError(f"{module_name} lacks {', '.join(missing)}")
     return module
@@ -137,26 +271,47 @@ def _check_shape(what: str, array, expected: tuple) -> np.ndarray:
     return array
 
 
-def measure_training(fw, dev, spec, task_data, seed: int, log) -> Measurement:
-    build, train_epoch, predict = (getattr(fw, n) for n in TRAINING_API[spec.name])
+DRIVES = ("auto", "per-epoch", "all-epochs")
+
+
+def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "auto") -> Measurement:
+    """Train and time every epoch, then predict. `drive` "auto" hands all epochs to the framework's
+    train_<task>_epochs through an Epochs where it has one (the harness keeps the clock at the
+    epoch boundaries), else calls its train_<task>_epoch once per epoch; "per-epoch" and
+    "all-epochs" force one or the other (benchmarks/keras_epoch_timing.py compares them)."""
+    if drive not in DRIVES:
+        raise ValueError(f"drive must be one of {', '.join(DRIVES)}, got {drive!r}")
+    build_name, epoch_name, predict_name = TRAINING_API[spec.name]
+    build, predict = getattr(fw, build_name), getattr(fw, predict_name)
+    train_all = getattr(fw, EPOCHS_API[spec.name], None)
+    if drive == "all-epochs" and train_all is None:
+        raise AttributeError(f"{fw.NAME} has no {EPOCHS_API[spec.name]}")
+    all_at_once = train_all is not None and drive != "per-epoch"
     model = build(spec, dev)
     params = int(fw.count_params(model))
     _check_params(spec.name, params, spec)
     rng = np.random.default_rng(seed)
     epoch_times, loss = [], None
-    for epoch in range(spec.epochs):
-        x, y = data_mod.shuffled(task_data.x_train, task_data.y_train, rng)
-        label = f"[{fw.NAME} {spec.name}] epoch {epoch + 1}/{spec.epochs}"
-        batches = Epoch(x, y, spec.batch_size, Progress(label, len(x) // spec.batch_size))
-        fw.synchronize(dev)
-        start = time.perf_counter()
-        loss = train_epoch(model, batches, spec)
-        fw.synchronize(dev)
-        epoch_times.append(time.perf_counter() - start)
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"{spec.name}: training loss became {loss} in epoch {epoch + 1}")
-        log(f"{label}: {epoch_times[-1]:.2f} s, mean loss {loss:.4f}")
+    if all_at_once:
+        epochs = Epochs(fw, dev, spec, task_data.x_train, task_data.y_train, rng, log)
+        train_all(model, epochs, spec)  # what it returns is not used: end() was handed each loss
+        epochs.finish()
+        epoch_times, loss = epochs.times, epochs.losses[-1]
+    else:
+        train_epoch = getattr(fw, epoch_name)
+        for epoch in range(spec.epochs):
+            x, y = data_mod.shuffled(task_data.x_train, task_data.y_train, rng)
+            label = f"[{fw.NAME} {spec.name}] epoch {epoch + 1}/{spec.epochs}"
+            batches = Epoch(x, y, spec.batch_size, Progress(label, len(x) // spec.batch_size))
+            fw.synchronize(dev)
+            start = time.perf_counter()
+            loss = train_epoch(model, batches, spec)
+            fw.synchronize(dev)
+            epoch_times.append(time.perf_counter() - start)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"{spec.name}: training loss became {loss} in epoch {epoch + 1}")
+            log(f"{label}: {epoch_times[-1]:.2f} s, mean loss {loss:.4f}")
     logits = predict(model, task_data.x_test, spec)
     logits = _check_shape(f"{spec.name} logits", logits, (len(task_data.x_test), spec.classes))
     accuracy = None

@@ -3,8 +3,9 @@
 # reach, so Keras is imported directly). Same model as bench/frameworks/tensorflow.py.
 #
 # Launched by the harness: `python -m bench run --framework r-keras ...` writes a request
-# JSON (task, sized hyperparameters, .npy arrays) and runs `Rscript r/bench.R request.json`;
-# this script writes the measurement JSON and the test logits the request names.
+# JSON (task, sized hyperparameters, .npy arrays, the harness's per-epoch orders) and runs
+# `Rscript r/bench.R request.json`; this script writes the measurement JSON and the test
+# logits the request names.
 suppressPackageStartupMessages({
   library(reticulate)
   library(jsonlite)
@@ -102,26 +103,87 @@ build_rnn <- function(spec, device) {
 
 # ---------------------------------------------------------------- training, shared
 
-train <- function(model, x, y, spec, device, seed) {
-  set.seed(seed)  # one permutation per epoch from a seeded generator
-  n <- as.integer(py_to_r(x$shape[0]))
-  times <- numeric(0)
-  losses <- numeric(0)
-  for (epoch in seq_len(spec$epochs)) {
-    order <- np$array(sample.int(n) - 1L, dtype = "int64")
-    xs <- np$take(x, order, axis = 0L)
-    ys <- np$take(y, order, axis = 0L)
-    synchronize(device)
-    start <- elapsed()
-    history <- model$fit(xs, ys, batch_size = as.integer(spec$batch_size), epochs = 1L,
-                         shuffle = FALSE, verbose = 0L)
-    synchronize(device)
-    times <- c(times, elapsed() - start)
-    losses <- c(losses, tail(unlist(history$history$loss), 1))
-    message(sprintf("[r-keras %s] epoch %d/%d: %.2f s, mean loss %.4f", spec$name, epoch,
-                    spec$epochs, tail(times, 1), tail(losses, 1)))
-  }
-  list(epoch_times_s = I(times), losses = I(losses))  # I(): JSON arrays even for one epoch
+# How epochs are timed, as in bench/frameworks/tensorflow.py: one fit() over all epochs, each
+# epoch timed in R from on_epoch_begin to on_epoch_end (device synchronised), so that fit()'s
+# per-call setup and its end after the last epoch stay outside the epochs' clocks, and one input
+# iterator serves every epoch (a new one per epoch made TensorFlow pause at some epochs' start).
+# The harness owns the shuffle: the request's epoch_orders (epochs x samples) are its per-epoch
+# orders, the ones a Python framework trains on with this seed. Each epoch's shuffled copy is
+# made between epochs, outside the clock.
+epoch_timing <- paste("one fit() over all epochs (one input iterator, steps_per_epoch); per-epoch",
+                      "times taken in R at epoch boundaries (on_epoch_begin to on_epoch_end), device",
+                      "synchronised; the harness's per-epoch orders (epoch_orders), batches through",
+                      "a PyDataset, in order")
+
+# The data source is Python: TensorFlow's input pipeline calls it from its own threads, where R
+# cannot run.
+py_run_string("
+import keras
+
+class EpochBatches(keras.utils.PyDataset):
+    '''Item k: batch k % n of epoch k // n in the harness's orders (epochs x samples). Endless,
+    so that fit() keeps one input iterator for every epoch (steps_per_epoch cuts the stream into
+    epochs). An epoch's batches are views into its shuffled copy, made by stage() between epochs;
+    a batch that TensorFlow reads ahead into the next epoch before that copy exists is gathered
+    on its own from the epoch's order.'''
+
+    def __init__(self, x, y, orders, batch_size):
+        super().__init__(workers=1, use_multiprocessing=False)  # in order, in this process
+        self.x, self.y, self.orders, self.batch_size = x, y, orders, batch_size
+        self.n = len(x) // batch_size
+        self.served_to = 0  # one past the last item asked for
+        self.stage(0)
+
+    @property
+    def num_batches(self):
+        return None  # endless
+
+    def stage(self, epoch):
+        order = self.orders[epoch]
+        self.staged = (epoch, self.x[order], self.y[order])  # one assignment: old or new, never half
+
+    def __getitem__(self, k):
+        self.served_to = max(self.served_to, k + 1)
+        epoch, i = divmod(k, self.n)
+        epoch = min(epoch, len(self.orders) - 1)  # read ahead past the last epoch: never trained
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        staged, xs, ys = self.staged
+        if epoch == staged:
+            return xs[s], ys[s]
+        rows = self.orders[epoch][s]
+        return self.x[rows], self.y[rows]
+")
+
+train <- function(model, x, y, spec, device, orders) {
+  epochs <- as.integer(spec$epochs)
+  bs <- as.integer(spec$batch_size)
+  batches <- as.integer(py_to_r(x$shape[0])) %/% bs
+  source <- py$EpochBatches(x, y, orders, bs)  # makes epoch 1's copy, before any clock
+  clock <- new.env()
+  clock$times <- numeric(0)
+  clock$losses <- numeric(0)
+  EpochClock <- PyClass("EpochClock", inherit = keras$callbacks$Callback, defs = list(
+    `__module__` = "bench_r",
+    on_epoch_begin = function(self, epoch, logs = NULL) {
+      synchronize(device)
+      clock$start <- elapsed()
+      NULL
+    },
+    on_epoch_end = function(self, epoch, logs = NULL) {
+      synchronize(device)
+      clock$times <- c(clock$times, elapsed() - clock$start)
+      if (source$served_to < (epoch + 1L) * batches)
+        stop(sprintf("epoch %d ended before its %d batches were read", epoch + 1L, batches))
+      clock$losses <- c(clock$losses, logs$loss)
+      message(sprintf("[r-keras %s] epoch %d/%d: %.2f s, mean loss %.4f", spec$name, epoch + 1L,
+                      epochs, tail(clock$times, 1), logs$loss))
+      if (epoch + 1L < epochs) source$stage(epoch + 1L)  # the next epoch's copy, outside the clock
+      NULL
+    }
+  ))
+  model$fit(source, epochs = epochs, steps_per_epoch = batches, shuffle = FALSE, verbose = 0L,
+            callbacks = list(EpochClock()))
+  list(epoch_times_s = I(clock$times), losses = I(clock$losses))  # I(): JSON arrays even for one epoch
 }
 
 # ---------------------------------------------------------------- ResNet-50
@@ -172,13 +234,14 @@ result <- tryCatch({
     model <- if (images) build_cnn(spec, device) else build_rnn(spec, device)
     x_train <- if (images) images_for(arrays$x_train, device) else arrays$x_train
     x_test <- if (images) images_for(arrays$x_test, device) else arrays$x_test
-    m <- train(model, x_train, arrays$y_train, spec, device, request$seed)
+    m <- train(model, x_train, arrays$y_train, spec, device, np$load(request$epoch_orders))
     logits <- model$predict(x_test, batch_size = as.integer(spec$batch_size), verbose = 0L)
     np$save(request$logits, np$asarray(logits, dtype = "float32"))
     conventions <- if (images) list(layout = if (device == "gpu") "NCHW" else "NHWC",
-                                    init = "glorot_uniform (Keras defaults)", timing = "timed in R")
+                                    init = "glorot_uniform (Keras defaults)", timing = "timed in R",
+                                    epoch_timing = epoch_timing)
                    else list(gru_bias = "two vectors per gate (reset_after=True)", gru_biases = 600L,
-                             timing = "timed in R")
+                             timing = "timed in R", epoch_timing = epoch_timing)
     c(m, list(params = count_params(model), conventions = conventions))
   }
 }, error = function(e) fail(conditionMessage(e)))
