@@ -17,9 +17,18 @@ from . import runner, tasks
 
 
 def _train_curve(fw, dev, spec, x, y, epochs: int) -> list:
-    build, train_epoch, _ = (getattr(fw, n) for n in runner.TRAINING_API[spec.name])
+    """Mean loss per epoch of a short training, driven the way `bench run` drives the framework
+    (all epochs in one call where the file has train_<task>_epochs, else one call per epoch)."""
+    spec = replace(spec, epochs=epochs)
+    build, train_epoch, _ = (getattr(fw, n, None) for n in runner.TRAINING_API[spec.name])
+    train_all = getattr(fw, runner.EPOCHS_API[spec.name], None)
     model = build(spec, dev)
     rng = np.random.default_rng(0)
+    if train_all is not None:
+        driver = runner.Epochs(fw, dev, spec, x, y, rng, log=lambda message: None)
+        train_all(model, driver, spec)
+        driver.finish()
+        return driver.losses
     losses = []
     for _ in range(epochs):
         xs, ys = data_mod.shuffled(x, y, rng)
