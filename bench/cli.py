@@ -8,10 +8,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import envinfo, frameworks, results, tasks, venvs
+from . import envinfo, frameworks, precisions, results, tasks, venvs
 from .data import DATA_MODES
 
-PRECISIONS = ("fp32", "fp16", "bf16", "amp")
+PRECISIONS = precisions.PRECISIONS
 DEVICES = ("cpu", "gpu")
 
 
@@ -64,6 +64,16 @@ def _choice(values: tuple):
 
     check.__name__ = "choice"
     return check
+
+
+def _precision(text: str) -> str:
+    """One of the four precision names; an old or guessed name says which name to use."""
+    try:
+        return precisions.check_name(str(text))
+    except precisions.UnknownPrecision as exc:
+        if isinstance(text, _FromEnv):
+            raise _from_env_error(text, "one of " + ", ".join(PRECISIONS)) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _flag(text) -> bool:
@@ -150,7 +160,11 @@ def add_run_arguments(p: argparse.ArgumentParser, framework_required: bool = Tru
                         "$BENCH_QUICK=1/true/yes/on)")
     p.add_argument("--repeats", type=_bounded(1, MAX_REPEATS, "repeats of a task"), default=1,
                    help=f"repeat each task (1 to {MAX_REPEATS}); results report the median and the spread")
-    p.add_argument("--precision", choices=PRECISIONS, type=_choice(PRECISIONS), default="fp32")
+    p.add_argument("--precision", type=_precision, metavar="{" + ",".join(PRECISIONS) + "}",
+                   default=_env_default("BENCH_PRECISION", precisions.DEFAULT),
+                   help="; ".join(f"{name}: {precisions.DESCRIPTIONS[name]}" for name in PRECISIONS)
+                        + " (default fp32, or $BENCH_PRECISION). A precision the framework cannot run "
+                          "on the device gives `skipped` results with the reason (exit 4)")
     p.add_argument("--seed", type=_seed, default=0,
                    help=f"base seed, 0 to {SEED_LIMIT - 1}; repeat r uses seed + r")
     p.add_argument("--out", type=_out_dir, default=Path("results"),
@@ -191,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Commands defined beside the core (sweep, baseline, validate) register here."""
     found = []
-    for module_name in ("bench.table", "bench.sweep", "bench.validate"):
+    for module_name in ("bench.table", "bench.sweep", "bench.validate", "bench.equivalence"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ImportError:

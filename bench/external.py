@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
-from . import envinfo, frameworks, results, runner, tasks, venvs
+from . import envinfo, frameworks, precisions, results, runner, tasks, venvs
+from .errors import UnsupportedPrecision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_NO_DEVICE_FOREIGN = 3  # the foreign program's exit code for "the device asked for is absent"
@@ -103,7 +104,8 @@ def _seconds(value, what: str) -> float:
     return seconds
 
 
-def check_measurement(m: dict, spec, task_data, folder: Path) -> runner.Measurement:
+def check_measurement(m: dict, spec, task_data, folder: Path,
+                      precision: str = precisions.DEFAULT) -> runner.Measurement:
     """The foreign program's report, held to the same rules as a Python framework's."""
     params = int(m["params"])
     if params not in spec.expected_params:
@@ -112,13 +114,16 @@ def check_measurement(m: dict, spec, task_data, folder: Path) -> runner.Measurem
     if spec.name == "resnet50":
         if list(m["features_shape"]) != [spec.batch_size, spec.features]:
             raise runner.FidelityError(f"resnet50 features have shape {m['features_shape']}")
+        if m.get("features_dtype") != "float32":  # TASKS.md: fp32 features whatever the compute precision
+            raise runner.FidelityError(f"resnet50 features are {m.get('features_dtype')!r}; TASKS.md asks for "
+                                       "float32 features whatever the compute precision")
         images = int(m["images"])
         return runner.Measurement(time_total_s=_seconds(m["time_total_s"], "time_total_s"), params=params,
                                   samples={"images": images})
     losses = [float(x) for x in m["losses"]]
     bad = [x for x in losses if not math.isfinite(x)]
     if bad:
-        raise runner.NonFiniteLoss(f"{spec.name}: training loss became {bad[0]}")
+        raise runner.NonFiniteLoss(f"{spec.name}: training loss became {bad[0]} at precision {precision}")
     logits = np.load(folder / "logits.npy")
     if logits.shape != (len(task_data.x_test), spec.classes):
         raise runner.FidelityError(f"{spec.name} logits have shape {logits.shape}, "
@@ -134,6 +139,7 @@ def check_measurement(m: dict, spec, task_data, folder: Path) -> runner.Measurem
 
 
 def run(fw, args) -> int:
+    runner.prepare_environment(args.precision)  # the program's environment: TF32 allowed only in tf32
     env_record = envinfo.capture()
     code, records = runner.EXIT_OK, []
     for task in args.tasks:
@@ -155,12 +161,19 @@ def run(fw, args) -> int:
                     sys.stdout.write(proc.stdout)
                     measurement_path = folder / "measurement.json"
                     m = json.loads(measurement_path.read_text()) if measurement_path.exists() else {}
+                    if proc.returncode == 0 and m.get("skipped"):  # the program has no path for it
+                        raise UnsupportedPrecision(str(m["skipped"]))
                     if proc.returncode != 0 or m.get("error"):
                         record["log_tail"] = "\n".join(proc.stdout.splitlines()[-30:])
                         if proc.returncode == EXIT_NO_DEVICE_FOREIGN:
                             code = runner.EXIT_NO_DEVICE
                         raise RuntimeError(m.get("error") or f"{cmd[0]} exited with code {proc.returncode}")
-                    runs.append(check_measurement(m, spec, task_data, folder))
+                    runs.append(check_measurement(m, spec, task_data, folder, args.precision))
+                    problems = precisions.check_state(args.precision, args.device,
+                                                      (m.get("conventions") or {}).get("precision"))
+                    if problems:
+                        raise runner.PrecisionMismatch(f"{task}: {fw.name} was asked for {args.precision} "
+                                                       f"and reports {'; '.join(problems)}")
                     record["framework_version"] = m.get("framework_version")
                     record["conventions"] = m.get("conventions")
                     record["env"].update({k: m.get(k) for k in ("cuda", "cudnn") if m.get(k)})
@@ -170,6 +183,10 @@ def run(fw, args) -> int:
                 runner.fill_measurements(record, task, task_data.kind, runs)
         except LaunchError:
             raise
+        except UnsupportedPrecision as exc:  # skipped with the reason: not a failure, not a fall-back
+            record["status"], record["error"] = "skipped", f"UnsupportedPrecision: {exc}"
+            code = runner.EXIT_SKIPPED if code == runner.EXIT_OK else code
+            print(f"[{fw.name} {task}] SKIPPED: {exc}", flush=True)
         except Exception as exc:  # one task failing never stops the others
             record["status"] = runner.classify_failure(exc)
             record["error"] = f"{type(exc).__name__}: {exc}"

@@ -86,6 +86,7 @@ def compose_document(m) -> dict:
                 "BENCH_TASKS": "${BENCH_TASKS:-cnn,rnn,resnet50}",
                 "BENCH_QUICK": "${BENCH_QUICK:-0}",
                 "BENCH_DATA": "${BENCH_DATA:-auto}",
+                "BENCH_PRECISION": "${BENCH_PRECISION:-fp32}",
             },
             "volumes": ["bench-data:/data", "${BENCH_RESULTS_DIR:-./results}:/results"],
             # Results belong to the host user: BENCH_UID=$(id -u) BENCH_GID=$(id -g).
@@ -105,7 +106,8 @@ COMPOSE_HEADER = """\
 # Generated from matrix.yaml by `python -m bench.images compose > compose.yml`; do not edit.
 # GPU:  docker compose run --rm bench-pytorch           (needs the NVIDIA Container Toolkit)
 # CPU:  docker compose run --rm bench-pytorch-cpu       (profile "cpu": no GPU reservation)
-# BENCH_TASKS, BENCH_QUICK=1, BENCH_DATA and BENCH_RESULTS_DIR (default ./results) select the run.
+# BENCH_TASKS, BENCH_QUICK=1, BENCH_DATA, BENCH_PRECISION (fp32 | tf32 | amp-fp16 | amp-bf16) and
+# BENCH_RESULTS_DIR (default ./results) select the run.
 """
 
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import results
+from . import precisions, results
 from .results import variant_of
 from .table import load_folder
 
@@ -30,8 +30,9 @@ TASK_TITLES = OrderedDict([
 
 
 def column_of(record: dict) -> str:
+    """One column per device, image variant and precision: precisions are never mixed in one."""
     device = record.get("device_name") or record["device"]
-    return f"{device} / {variant_of(record)}"
+    return f"{device} / {variant_of(record)} / {record['precision']}"
 
 
 @dataclass
@@ -138,6 +139,43 @@ def cuda_ab(records: list[dict], baselines: dict) -> list[dict]:
                 "precision": precision, "variant": name, "baseline": base,
                 "baseline_from": "matrix.yaml" if wanted == base else "first variant",
                 "metric": cell.metric, "speedup": base_metric / cell.metric,
+            })
+    return rows
+
+
+def precision_state_text(records: list) -> str:
+    """What the framework reported it set (conventions.precision), in a few words."""
+    states = [(r.get("conventions") or {}).get("precision") for r in records]
+    states = [s for s in states if s]
+    if not states:
+        return "not recorded"
+    s = states[0]
+    scaling = s["loss_scaling"] if s["loss_scaling"] == "none" else f"{s['loss_scaling']} ({s.get('loss_scaler') or '?'})"
+    return (f"compute {s['compute_dtype']}, weights {s['param_dtype']}, TF32 {'on' if s['tf32'] else 'off'}, "
+            f"loss scaling {scaling}")
+
+
+def precision_ab(records: list[dict]) -> list[dict]:
+    """Speed-up of each precision against fp32 on the same device, framework, variant and task."""
+    groups: dict = {}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        key = (r["framework"], r.get("device_name") or r["device"], variant_of(r), r["task"], bool(r.get("quick")))
+        groups.setdefault(key, {}).setdefault(r["precision"], Cell()).records.append(r)
+    rows = []
+    for (framework, device, variant, task, quick), by_precision in sorted(groups.items()):
+        if precisions.DEFAULT not in by_precision or len(by_precision) < 2:
+            continue
+        base = by_precision[precisions.DEFAULT].metric
+        for name in sorted(by_precision, key=precisions.PRECISIONS.index):
+            if name == precisions.DEFAULT:
+                continue
+            cell = by_precision[name]
+            rows.append({
+                "framework": framework, "device": device, "variant": variant, "task": task, "quick": quick,
+                "precision": name, "fp32": base, "metric": cell.metric, "speedup": base / cell.metric,
+                "state": precision_state_text(cell.records),
             })
     return rows
 
@@ -264,7 +302,9 @@ def context(records: list[dict], warnings: list[str], with_plots: bool = True) -
         for t in tables:
             t.plot = plot_table(t)
     ab = cuda_ab(records, matrix_baselines())
+    precision_rows = precision_ab(records)
     return {
+        "precision_ab": precision_rows,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "summary": summary(records),
         "tables": tables,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
-from . import envinfo, results, stats, tasks
+from . import envinfo, precisions, results, stats, tasks
 from .errors import DeviceUnavailable, UnsupportedPrecision
 
 
@@ -29,11 +30,15 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+class PrecisionMismatch(RuntimeError):
+    """The framework's reported numerics are not the precision the run is labelled with."""
+
+
 class NonFiniteMeasurement(FloatingPointError):
     """A measured figure (a time, an accuracy, a loss) is NaN or infinite: never a result."""
 
 
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_NO_DEVICE = 0, 1, 2, 3
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_NO_DEVICE, EXIT_SKIPPED = 0, 1, 2, 3, 4
 
 
 # ---------------------------------------------------------------- progress
@@ -103,8 +108,9 @@ class Epochs:
     calls finish() when the framework returns: not every epoch begun and ended is a FidelityError.
     """
 
-    def __init__(self, fw, dev, spec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, log):
-        self.fw, self.dev, self.spec, self.log = fw, dev, spec, log
+    def __init__(self, fw, dev, spec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, log,
+                 precision: str = precisions.DEFAULT):
+        self.fw, self.dev, self.spec, self.log, self.precision = fw, dev, spec, log, precision
         self.count, self.batch_size = spec.epochs, spec.batch_size
         self.num_batches = len(x) // spec.batch_size
         self.times: list = []
@@ -188,7 +194,7 @@ class Epochs:
         self.times.append(elapsed)
         self.losses.append(loss)
         if not math.isfinite(loss):
-            raise NonFiniteLoss(f"{self.spec.name}: training loss became {loss} in epoch {epoch + 1}")
+            raise _non_finite_loss(self.spec, loss, epoch + 1, self.precision)
         self.log(f"{self._label(epoch)}: {elapsed:.2f} s, mean loss {loss:.4f}")
         if epoch + 1 < self.count:  # the next epoch's shuffled copy, outside the clock
             order = self.orders[epoch + 1]
@@ -220,8 +226,8 @@ TRAINING_API = {
 # defines train_<task>_epoch, train_<task>_epochs or both; measure_training prefers the latter.
 EPOCHS_API = {"cnn": "train_cnn_epochs", "rnn": "train_rnn_epochs"}
 REQUIRED_API = (
-    "NAME", "data_format", "init_device", "synchronize", "versions", "count_params",
-    "conventions", "build_cnn", "predict_cnn", "build_rnn", "predict_rnn", "build_resnet50",
+    "NAME", "data_format", "init_device", "set_seed", "synchronize", "versions", "count_params",
+    "conventions", "numerics", "build_cnn", "predict_cnn", "build_rnn", "predict_rnn", "build_resnet50",
     "extract_features",
 )
 
@@ -256,6 +262,7 @@ class Measurement:
     final_loss: float | None = None
     samples: dict = field(default_factory=dict)
     params: int | None = None
+    numerics: dict | None = None  # what the framework set for the precision (precisions.state)
 
 
 def _check_params(task: str, params: int, spec) -> None:
@@ -271,10 +278,29 @@ def _check_shape(what: str, array, expected: tuple) -> np.ndarray:
     return array
 
 
+def checked_numerics(fw, task: str, model, dev, precision: str, device: str) -> dict:
+    """The framework's report of what it set for the precision, held to that precision: a run
+    labelled amp-bf16 that computes in fp32 (or fp32 with TF32 on) is an error, never a result."""
+    reported = fw.numerics(task, model, dev)
+    problems = precisions.check_state(precision, device, reported)
+    if problems:
+        raise PrecisionMismatch(f"{task}: {fw.NAME} was asked for {precision} and reports "
+                                f"{'; '.join(problems)}")
+    return reported
+
+
+def _non_finite_loss(spec, loss, epoch: int, precision: str) -> NonFiniteLoss:
+    hint = (" (under amp-fp16: the loss scaler did not keep the fp16 values finite)"
+            if precision == "amp-fp16" else "")
+    return NonFiniteLoss(f"{spec.name}: training loss became {loss} in epoch {epoch} "
+                         f"at precision {precision}{hint}")
+
+
 DRIVES = ("auto", "per-epoch", "all-epochs")
 
 
-def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "auto") -> Measurement:
+def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "auto",
+                     precision: str = precisions.DEFAULT, device: str = "cpu") -> Measurement:
     """Train and time every epoch, then predict. `drive` "auto" hands all epochs to the framework's
     train_<task>_epochs through an Epochs where it has one (the harness keeps the clock at the
     epoch boundaries), else calls its train_<task>_epoch once per epoch; "per-epoch" and
@@ -287,13 +313,15 @@ def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "aut
     if drive == "all-epochs" and train_all is None:
         raise AttributeError(f"{fw.NAME} has no {EPOCHS_API[spec.name]}")
     all_at_once = train_all is not None and drive != "per-epoch"
+    fw.set_seed(seed)
     model = build(spec, dev)
     params = int(fw.count_params(model))
     _check_params(spec.name, params, spec)
+    numerics = checked_numerics(fw, spec.name, model, dev, precision, device)
     rng = np.random.default_rng(seed)
     epoch_times, loss = [], None
     if all_at_once:
-        epochs = Epochs(fw, dev, spec, task_data.x_train, task_data.y_train, rng, log)
+        epochs = Epochs(fw, dev, spec, task_data.x_train, task_data.y_train, rng, log, precision)
         train_all(model, epochs, spec)  # what it returns is not used: end() was handed each loss
         epochs.finish()
         epoch_times, loss = epochs.times, epochs.losses[-1]
@@ -310,7 +338,7 @@ def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "aut
             epoch_times.append(time.perf_counter() - start)
             loss = float(loss)
             if not math.isfinite(loss):
-                raise NonFiniteLoss(f"{spec.name}: training loss became {loss} in epoch {epoch + 1}")
+                raise _non_finite_loss(spec, loss, epoch + 1, precision)
             log(f"{label}: {epoch_times[-1]:.2f} s, mean loss {loss:.4f}")
     logits = predict(model, task_data.x_test, spec)
     logits = _check_shape(f"{spec.name} logits", logits, (len(task_data.x_test), spec.classes))
@@ -319,15 +347,27 @@ def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "aut
         accuracy = float(np.mean(np.argmax(logits, axis=1) == task_data.y_test))
     return Measurement(
         time_total_s=float(sum(epoch_times)), epoch_times_s=epoch_times, accuracy=accuracy,
-        final_loss=loss, params=params,
+        final_loss=loss, params=params, numerics=numerics,
         samples={"train": len(task_data.x_train) * spec.epochs, "test": len(task_data.x_test)},
     )
 
 
-def measure_inference(fw, dev, spec, task_data, seed: int, log) -> Measurement:
+def check_features(features, spec) -> np.ndarray:
+    """ResNet-50 features: the task's shape, and fp32 whatever the compute precision (TASKS.md)."""
+    features = _check_shape("resnet50 features", features, (spec.batch_size, spec.features))
+    if features.dtype != np.float32:
+        raise FidelityError(f"resnet50 features are {features.dtype}; TASKS.md asks for float32 "
+                            "features whatever the compute precision")
+    return features
+
+
+def measure_inference(fw, dev, spec, task_data, seed: int, log,
+                      precision: str = precisions.DEFAULT, device: str = "cpu") -> Measurement:
+    fw.set_seed(seed)
     model = fw.build_resnet50(spec, dev)
     params = int(fw.count_params(model))
     _check_params(spec.name, params, spec)
+    numerics = checked_numerics(fw, spec.name, model, dev, precision, device)
     batches = list(batches_of(task_data.x_test, spec.batch_size))
     warmup, timed = batches[: spec.warmup_batches], batches[spec.warmup_batches:]
     for batch in warmup:  # cold start: autotuning, graph build, JIT
@@ -341,10 +381,10 @@ def measure_inference(fw, dev, spec, task_data, seed: int, log) -> Measurement:
         progress.update(i)
     fw.synchronize(dev)
     elapsed = time.perf_counter() - start
-    _check_shape("resnet50 features", features, (spec.batch_size, spec.features))
+    check_features(features, spec)
     images = len(timed) * spec.batch_size
     log(f"[{fw.NAME} resnet50] {images} images in {elapsed:.2f} s")
-    return Measurement(time_total_s=elapsed, params=params, samples={"images": images})
+    return Measurement(time_total_s=elapsed, params=params, samples={"images": images}, numerics=numerics)
 
 
 # ---------------------------------------------------------------- records
@@ -433,6 +473,8 @@ def fill_measurements(record: dict, task: str, data_kind: str, runs: list[Measur
         ],
         stats={"time_total_s": stats.summarize(totals), "throughput": stats.summarize(throughputs)},
     )
+    if median_run.numerics is not None:  # what was set for the precision, beside the other conventions
+        record["conventions"] = dict(record.get("conventions") or {}, precision=median_run.numerics)
     return record
 
 
@@ -467,6 +509,17 @@ class RunOptions:
     data_dir: Path | None = None
 
 
+def prepare_environment(precision: str, environ=None) -> None:
+    """Before a framework is imported: NVIDIA's libraries may use TF32 only in a tf32 run
+    (NVIDIA_TF32_OVERRIDE=0 forbids it in cuBLAS and cuDNN, beside each framework's own switch)."""
+    environ = os.environ if environ is None else environ
+    precisions.check_name(precision)
+    if precision == "tf32":
+        environ.pop(precisions.TF32_OVERRIDE_VARIABLE, None)
+    else:
+        environ[precisions.TF32_OVERRIDE_VARIABLE] = "0"
+
+
 def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
     """Run every task; write one result per task; return (exit code, records)."""
     env = envinfo.capture()
@@ -482,6 +535,7 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
             write_task_result(rec, opts.out, log)
 
     try:
+        prepare_environment(opts.precision)
         fw = load_framework(opts.module)
         dev = fw.init_device(opts.device, opts.precision)
         versions = fw.versions(dev)
@@ -489,10 +543,10 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
         log(f"error: {exc}")
         failed_all(exc, "failed")
         return EXIT_NO_DEVICE, records
-    except UnsupportedPrecision as exc:
-        log(f"error: {exc}")
+    except UnsupportedPrecision as exc:  # not a failure and never a run at another precision
+        log(f"skipped: {exc}")
         failed_all(exc, "skipped")
-        return EXIT_TASK_FAILED, records
+        return EXIT_SKIPPED, records
     except Exception as exc:  # the framework would not even start: every task failed
         log(f"error: {type(exc).__name__}: {exc}")
         failed_all(exc, classify_failure(exc))
@@ -516,7 +570,8 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
             record["data"], record["data_source"] = task_data.kind, task_data.source
             log(f"[{opts.framework} {task}] data: {task_data.kind} ({task_data.source})")
             measure = measure_inference if task == "resnet50" else measure_training
-            runs = [measure(fw, dev, spec, task_data, opts.seed + r, log) for r in range(opts.repeats)]
+            runs = [measure(fw, dev, spec, task_data, opts.seed + r, log, precision=opts.precision,
+                            device=opts.device) for r in range(opts.repeats)]
             fill_measurements(record, task, task_data.kind, runs)
         except Exception as exc:  # one task failing never stops the others
             record["status"] = classify_failure(exc)

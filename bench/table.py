@@ -1,7 +1,8 @@
 """`python -m bench table DIR`: frameworks side by side from a folder of results.
 
-One row per framework (and device, and run size): seconds per epoch of the two training
-tasks and ResNet-50 seconds per 1,000 images, as a Markdown table.
+One row per framework (and device, precision and run size): seconds per epoch of the two
+training tasks and ResNet-50 seconds per 1,000 images, as a Markdown table. With
+--precision-ab: each precision against fp32, task by task (report.precision_ab).
 """
 from __future__ import annotations
 
@@ -31,16 +32,35 @@ def _cell(rows: list[dict], task: str) -> str:
 def comparison_table(records: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["framework"], r["device"], r.get("device_name") or "", r["quick"]), []).append(r)
+        groups.setdefault((r["framework"], r["device"], r.get("device_name") or "", r["precision"], r["quick"]),
+                          []).append(r)
     lines = [
-        "| framework | version | device | size | CNN s/epoch | RNN s/epoch | ResNet-50 s/1000 img |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| framework | version | device | precision | size | CNN s/epoch | RNN s/epoch | ResNet-50 s/1000 img |",
+        "|---|---|---|---|---|---:|---:|---:|",
     ]
-    for (framework, device, device_name, quick), rows in sorted(groups.items()):
+    for (framework, device, device_name, precision, quick), rows in sorted(groups.items()):
         version = next((r["framework_version"] for r in rows if r["framework_version"]), "-")
         where = f"{device} ({device_name})" if device_name else device
-        lines.append(f"| {framework} | {version} | {where} | {'quick' if quick else 'full'} | "
+        lines.append(f"| {framework} | {version} | {where} | {precision} | {'quick' if quick else 'full'} | "
                      f"{_cell(rows, 'cnn')} | {_cell(rows, 'rnn')} | {_cell(rows, 'resnet50')} |")
+    return "\n".join(lines)
+
+
+def precision_table(records: list[dict]) -> str:
+    """Each precision against fp32, per framework and task; a skipped precision shows its reason."""
+    from .report import precision_ab  # report imports this module
+
+    lines = ["| framework | device | task | precision | fp32 | time | speed-up | what was set |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for r in precision_ab(records):
+        unit = "s/1000 img" if r["task"] == "resnet50" else "s"
+        lines.append(f"| {r['framework']} | {r['device']} | {r['task']}{' (quick)' if r['quick'] else ''} | "
+                     f"{r['precision']} | {r['fp32']:.2f} {unit} | {r['metric']:.2f} {unit} | "
+                     f"{r['speedup']:.2f}x | {r['state']} |")
+    skipped = sorted({(r["framework"], r["precision"], (r.get("error") or "").replace("UnsupportedPrecision: ", ""))
+                      for r in records if r["status"] == "skipped"})
+    for framework, precision, reason in skipped:
+        lines.append(f"| {framework} | | | {precision} | | | skipped | {reason.replace('|', '/')} |")
     return "\n".join(lines)
 
 
@@ -53,11 +73,13 @@ def cmd_table(args) -> int:
     if not records:
         print(f"error: no valid results in {', '.join(map(str, args.dirs))}", file=sys.stderr)
         return 2
-    print(comparison_table(records))
+    print(precision_table(records) if args.precision_ab else comparison_table(records))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("table", help="frameworks side by side (Markdown) from folders of results")
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+    p.add_argument("--precision-ab", action="store_true",
+                   help="each precision against fp32 (speed-up and what was set), and the skipped ones")
     p.set_defaults(handler=cmd_table)

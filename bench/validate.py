@@ -21,7 +21,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from . import envinfo, results, tasks
+from . import envinfo, precisions, results, tasks
 
 BASELINE_FORMAT = "bench-baseline-2"  # 1: bands of all repeats' median; refused
 DEFAULT_FLOOR = 0.15  # for steady devices (GPUs); shared CPU VMs need more (make-cpu-baseline: 0.35)
@@ -291,7 +291,18 @@ def cmd_validate(args) -> int:
               f"{'quick' if args.quick else 'full'} size, {args.data} data. Make one on a good "
               "machine of this model: `python -m bench baseline DIR -o FILE`.", file=sys.stderr)
         return EXIT_NO_BAND
+    if args.precisions:
+        here = [b for b in here if b["precision"] in args.precisions]
+        if not here:
+            print(f"NO BAND: the baseline {args.baseline} has no band for this device ({device_name}) "
+                  f"at {', '.join(args.precisions)}", file=sys.stderr)
+            return EXIT_NO_BAND
     frameworks = args.frameworks or sorted({b["framework"] for b in here})
+    # Each framework at every precision the baseline has a band for (--precision narrows it);
+    # a framework asked for by name with no band at all is still run once, at fp32, to say so.
+    runs = [(fw, p) for fw in frameworks
+            for p in sorted({b["precision"] for b in here if b["framework"] == fw}, key=precisions.PRECISIONS.index)
+            or [(args.precisions or [precisions.DEFAULT])[0]]]
     # Best of as many repeats as the baseline's runs had: best of fewer would be judged harsher.
     repeats = args.repeats or max(b.get("repeats_per_run", 3) for b in here)
     task_list = args.tasks or list(tasks.TASK_NAMES)
@@ -304,10 +315,11 @@ def cmd_validate(args) -> int:
               f"{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     verdicts = []
-    for framework in frameworks:
+    for framework, precision in runs:
+        label = framework if precision == precisions.DEFAULT else f"{framework}-{precision}"
         cmd = [sys.executable, "-m", "bench", "run", "--framework", framework, "--device", device,
-               "--tasks", ",".join(task_list), "--data", args.data, "--repeats", str(repeats),
-               "--out", str(out / framework)]
+               "--precision", precision, "--tasks", ",".join(task_list), "--data", args.data,
+               "--repeats", str(repeats), "--out", str(out / label)]
         if args.quick:
             cmd.append("--quick")
         print(f"[validate] {' '.join(cmd[1:])}", flush=True)
@@ -315,7 +327,7 @@ def cmd_validate(args) -> int:
         if proc.returncode == 2:
             print(f"error: `bench run` refused {framework} (see above)", file=sys.stderr)
             return EXIT_USAGE
-        first = judge_folder(out / framework, framework, task_list, bands)
+        first = judge_folder(out / label, label, task_list, bands)
         # A regression must reproduce: a shared host puts a whole process in a slow mode now
         # and then (seen in 2 of 10 first runs here), so a slow figure gets fresh processes.
         earlier: dict = {}
@@ -326,12 +338,12 @@ def cmd_validate(args) -> int:
             for v in first:
                 if v["task"] in slow:
                     earlier.setdefault(v["task"], []).append(f"{v['ratio']:.2f}x")
-            again = out / f"{framework}-confirm{attempt}"
+            again = out / f"{label}-confirm{attempt}"
             cmd[cmd.index("--tasks") + 1], cmd[cmd.index("--out") + 1] = ",".join(slow), str(again)
             print(f"[validate] slower than the band: {', '.join(slow)}; measuring again in a fresh "
                   f"process (confirmation {attempt} of {CONFIRM_RUNS})", flush=True)
             subprocess.run(cmd)
-            rerun = {v["task"]: v for v in judge_folder(again, framework, slow, bands)}
+            rerun = {v["task"]: v for v in judge_folder(again, label, slow, bands)}
             for i, v in enumerate(first):
                 if v["task"] in slow and v["task"] in rerun:
                     first[i] = rerun[v["task"]]
@@ -422,6 +434,16 @@ def _repeats(text: str) -> int:
     return value
 
 
+def _precisions(text: str) -> list:
+    names = [x for x in text.split(",") if x]
+    if not names:
+        raise argparse.ArgumentTypeError("expected one or more of " + ", ".join(precisions.PRECISIONS))
+    try:
+        return [precisions.check_name(name) for name in names]
+    except precisions.UnknownPrecision as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def _tasks(text: str) -> list:
     try:
         return tasks.parse_tasks(text)
@@ -443,6 +465,9 @@ def register(sub) -> None:
     p.add_argument("--framework", dest="frameworks", type=lambda s: [x for x in s.split(",") if x],
                    help="comma-separated (default: every framework with a band for this device)")
     p.add_argument("--tasks", type=_tasks, default=None)
+    p.add_argument("--precision", dest="precisions", type=_precisions, default=None,
+                   help="comma-separated precisions (default: every precision the baseline has a band "
+                        "for on this device)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
     p.add_argument("--repeats", type=_repeats, default=None,

@@ -2,6 +2,18 @@
 # The harness writes a request JSON (task, sized hyperparameters, .npy arrays in NCHW) and
 # runs this file; it writes the measurement JSON and the test logits the request names.
 # Exit code 3: the GPU asked for is absent (never a silent fall-back to the CPU).
+# A precision this file has no path for (bench/precisions.py) writes {"skipped": reason} as the
+# measurement and exits 0: the harness records the task as skipped with that reason.
+#   fp32      Float32 arrays; CUDA.math_mode DEFAULT_MATH (cuBLAS without TF32). Knet's conv4 and
+#             RNN build their cuDNN descriptors without a math type, so cuDNN's default permits
+#             TF32 on compute capability 8.0+: NVIDIA_TF32_OVERRIDE=0, which the harness sets for
+#             every precision but tf32, is what forbids it there. The report reads it back.
+#   tf32      the same Float32 model under CUDA.math_mode!(CUDA.FAST_MATH; precision=:TensorFloat32)
+#             (cuBLAS TF32 tensor-op math) with NVIDIA_TF32_OVERRIDE unset; GPU 8.0+ only.
+#   amp-fp16  skipped: Knet has no mixed-precision training (no autocast, no loss scaler) and its
+#             optimizers update each Param in its own element type.
+#   amp-bf16  skipped: no mixed precision and no bfloat16 in Knet's cuDNN descriptors or in
+#             CUDA.jl 3.13's cuDNN wrapper.
 using Knet, CUDA, JSON3, NPZ, Pkg, Random, Statistics
 
 const REQUEST = JSON3.read(read(ARGS[1], String))
@@ -13,6 +25,14 @@ function fail(message, status=1)
     end
     println(stderr, "error: ", message)
     exit(status)
+end
+
+function skip_task(reason)
+    open(REQUEST.measurement, "w") do io
+        JSON3.write(io, Dict("skipped" => reason))
+    end
+    println(stderr, "skipped: ", reason)
+    exit(0)
 end
 
 # ---------------------------------------------------------------- framework and device
@@ -35,6 +55,95 @@ count_params(model) = sum(length, params(model))
 
 # Row-major NCHW from NumPy arrives as (N, C, H, W); Knet wants (W, H, C, N).
 knet_images(x) = permutedims(Float32.(x), (4, 3, 2, 1))
+
+# ---------------------------------------------------------------- precision
+
+const PRECISIONS = ("fp32", "tf32", "amp-fp16", "amp-bf16")
+const PRECISION_LIST = join(PRECISIONS, ", ")
+const TF32_OVERRIDE = "NVIDIA_TF32_OVERRIDE"
+const TF32_CAPABILITY = v"8.0"
+const DTYPE_NAMES = Dict{Type,String}(Float16 => "float16", Float32 => "float32", Float64 => "float64")
+dtype_name(T::Type) = get(DTYPE_NAMES, T, lowercase(string(T)))
+capability_text(c) = string(c.major, ".", c.minor)
+
+# The texts of bench/precisions.skip_reason(precision, device, capability, "knet"), word for word.
+function device_skip_reason(precision, device, capability)
+    if precision == "tf32"
+        device == "gpu" || return "knet: tf32 is a GPU precision (tensor cores of compute capability 8.0 or newer); a CPU has no TF32: run fp32 or amp-bf16 on the CPU"
+        if capability !== nothing && capability < TF32_CAPABILITY
+            return "knet: tf32 needs a GPU of compute capability 8.0 or newer; this GPU is " * capability_text(capability)
+        end
+    end
+    if precision == "amp-fp16" && device != "gpu"
+        return "knet: amp-fp16 is a GPU precision: fp16 arithmetic on a CPU is emulated and its loss scaling meaningless for a benchmark; run amp-bf16 on the CPU"
+    end
+    if precision == "amp-bf16" && device == "gpu" && capability !== nothing && capability < TF32_CAPABILITY
+        return "knet: amp-bf16 needs a GPU of compute capability 8.0 or newer; this GPU is " * capability_text(capability) * " (run amp-fp16)"
+    end
+    nothing
+end
+
+# Knet's own reasons, after the device's.
+function knet_skip_reason(precision, device)
+    who = "knet $(version_of(Knet)) (CUDA.jl $(version_of(CUDA))) on the $(uppercase(device))"
+    if precision == "amp-fp16"
+        return "$who: no amp-fp16: Knet has no mixed-precision training (no autocast and no loss scaler, dynamic or static) and its optimizers update each Param in the Param's own element type, so Float16 parameters would be fp16 master weights; run fp32"
+    elseif precision == "amp-bf16"
+        return "$who: no amp-bf16: Knet has no mixed-precision training and no bfloat16 path (its cuDNN descriptors take Float16, Float32 and Float64 only, and CUDA.jl's cuDNN wrapper has no bfloat16 data type); run fp32"
+    end
+    nothing
+end
+
+# After init_device: skip what cannot run, set the math mode; the GPU's capability (or nothing).
+function init_precision(precision, device)
+    precision in PRECISIONS || fail("unknown precision $(repr(precision)); use one of $PRECISION_LIST")
+    capability = device == "gpu" ? CUDA.capability(CUDA.device()) : nothing
+    reason = device_skip_reason(precision, device, capability)
+    reason === nothing && (reason = knet_skip_reason(precision, device))
+    reason === nothing || skip_task(reason)
+    if device == "gpu"
+        CUDA.math_mode!(precision == "tf32" ? CUDA.FAST_MATH : CUDA.DEFAULT_MATH; precision=:TensorFloat32)
+    end
+    capability
+end
+
+function one_dtype(types)
+    names = sort(unique(dtype_name.(collect(types))))
+    length(names) == 1 ? names[1] : "mixed(" * join(names, ", ") * ")"
+end
+
+# conventions["precision"]: the fields of bench/precisions.state(), read back where Julia can.
+# compute_dtype: the element type of the arrays the model returned; param_dtype: of its Params.
+function precision_state(precision, device, capability, model, output_type)
+    override = get(ENV, TF32_OVERRIDE, nothing)
+    switches = Dict{String,Any}("Knet.array_type[]" => string(Knet.array_type[]), TF32_OVERRIDE => override)
+    read_back = ["compute_dtype", "param_dtype"]
+    if device == "gpu"
+        mode = CUDA.math_mode()
+        # NVIDIA_TF32_OVERRIDE=0 forbids TF32 in cuBLAS and cuDNN whatever is asked; without it cuDNN
+        # may take TF32 on 8.0+ in every math mode (descriptors with cuDNN's default math type) and
+        # cuBLAS does under FAST_MATH with precision :TensorFloat32.
+        tf32 = capability >= TF32_CAPABILITY && override != "0"
+        cublas_tf32 = tf32 && mode == CUDA.FAST_MATH && CUDA.math_precision() == :TensorFloat32
+        push!(read_back, "tf32")
+        switches["CUDA.math_mode()"] = string(mode)
+        switches["CUDA.math_precision()"] = string(CUDA.math_precision())
+        switches["CUDA.capability(CUDA.device())"] = capability_text(capability)
+        switches["cuBLAS TF32"] = cublas_tf32
+        switches["cuDNN TF32 (default math type, 8.0+)"] = tf32
+        mechanism = (precision == "tf32" ? "CUDA.math_mode!(CUDA.FAST_MATH; precision=:TensorFloat32)" :
+                     "CUDA.math_mode!(CUDA.DEFAULT_MATH)") *
+                    "; Knet.array_type[] = CuArray{Float32}; cuDNN convolutions and RNN with cuDNN's default math type; " *
+                    (override == "0" ? "NVIDIA_TF32_OVERRIDE=0 forbids TF32" : "NVIDIA_TF32_OVERRIDE unset")
+    else
+        tf32 = false  # a CPU has no TF32
+        mechanism = "Knet.array_type[] = Array{Float32}: Float32 arrays on the CPU"
+    end
+    Dict("name" => precision, "tf32" => tf32, "compute_dtype" => dtype_name(output_type),
+         "param_dtype" => one_dtype(eltype(value(p)) for p in params(model)),
+         "loss_scaling" => "none", "loss_scaler" => nothing, "mechanism" => mechanism,
+         "read_back" => sort(read_back), "switches" => switches)
+end
 
 # ---------------------------------------------------------------- layers
 
@@ -187,37 +296,44 @@ function extract(model, x, spec, device)
     end
     synchronize(device)
     Dict("time_total_s" => seconds() - start, "images" => spec.batches * bs,
-         "features_shape" => [size(features, 2), size(features, 1)])
+         "features_shape" => [size(features, 2), size(features, 1)]), eltype(features)
 end
 
 # ---------------------------------------------------------------- the task
 
 function main()
     device = init_device(REQUEST.device)
-    REQUEST.precision == "fp32" || fail("knet runs fp32 only, asked for $(REQUEST.precision)")
+    precision = String(REQUEST.precision)
+    capability = init_precision(precision, device)
     arrays = Dict(String(k) => npzread(String(v)) for (k, v) in pairs(REQUEST.arrays))
     versions = Dict(
         "framework_version" => "Knet $(version_of(Knet)) (Julia $(VERSION), CUDA.jl $(version_of(CUDA)))",
         "cuda" => device == "gpu" ? string(CUDA.runtime_version()) : nothing,
         "cudnn" => device == "gpu" ? string(CUDA.CUDNN.version()) : nothing,
         "env" => Dict("julia" => string(VERSION), "knet" => version_of(Knet)))
+    Knet.seed!(REQUEST.seed)  # Random.seed! and CUDA.seed!: the same initial weights in every precision
     result = if SPEC.name == "resnet50"
         model = build_resnet50(SPEC)
-        merge(extract(model, knet_images(arrays["x_test"]), SPEC, device),
-              Dict("params" => count_params(model),
+        timing, output_type = extract(model, knet_images(arrays["x_test"]), SPEC, device)
+        merge(timing,
+              Dict("params" => count_params(model), "features_dtype" => lowercase(string(output_type)),
                    "conventions" => Dict("resnet_conv_bias" => false, "weights" => "random",
-                                         "timing" => "timed in Julia", "source" => "ResNet-50 written with Knet")))
+                                         "timing" => "timed in Julia", "source" => "ResNet-50 written with Knet",
+                                         "precision" => precision_state(precision, device, capability,
+                                                                        model, output_type))))
     else
         images = SPEC.name == "cnn"
         model = images ? build_cnn(SPEC) : build_rnn(SPEC)
         x_train = images ? knet_images(arrays["x_train"]) : Int.(arrays["x_train"])
         x_test = images ? knet_images(arrays["x_test"]) : Int.(arrays["x_test"])
         times, losses = train(model, x_train, Int.(arrays["y_train"]), SPEC, device, REQUEST.seed)
-        npzwrite(String(REQUEST.logits), Float32.(predict(model, x_test, SPEC)))
-        conventions = images ? Dict("layout" => "WHCN (Knet)", "init" => "xavier_uniform, zero biases",
-                                    "timing" => "timed in Julia") :
-                      Dict("gru_bias" => "two vectors per gate (Knet RNN, cuDNN layout)", "gru_biases" => 600,
-                           "timing" => "timed in Julia")
+        logits = predict(model, x_test, SPEC)
+        npzwrite(String(REQUEST.logits), Float32.(logits))
+        conventions = images ? Dict{String,Any}("layout" => "WHCN (Knet)", "init" => "xavier_uniform, zero biases",
+                                                "timing" => "timed in Julia") :
+                      Dict{String,Any}("gru_bias" => "two vectors per gate (Knet RNN, cuDNN layout)", "gru_biases" => 600,
+                                       "timing" => "timed in Julia")
+        conventions["precision"] = precision_state(precision, device, capability, model, eltype(logits))
         Dict("epoch_times_s" => times, "losses" => losses, "params" => count_params(model),
              "conventions" => conventions)
     end

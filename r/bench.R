@@ -6,6 +6,16 @@
 # JSON (task, sized hyperparameters, .npy arrays, the harness's per-epoch orders) and runs
 # `Rscript r/bench.R request.json`; this script writes the measurement JSON and the test
 # logits the request names.
+#
+# Precision (bench/precisions.py), as in bench/frameworks/tensorflow.py: the request's
+# "precision" sets Keras's global dtype policy before any model is built ("float32" for fp32 and
+# tf32, "mixed_float16" for amp-fp16, "mixed_bfloat16" for amp-bf16: float32 variables, half
+# compute), the output Dense float32 in every precision (float32 logits, softmax and loss),
+# keras.mixed_precision.LossScaleOptimizer (dynamic) under amp-fp16, and TF32 through
+# tf.config.experimental.enable_tensor_float_32_execution, on in tf32 only. What is set is read
+# back from Keras and TensorFlow into the measurement's conventions$precision (the fields of
+# bench.precisions.state). A precision this program cannot run on the device writes
+# {"skipped": reason} (bench.precisions.skip_reason's words) and exits 0.
 suppressPackageStartupMessages({
   library(reticulate)
   library(jsonlite)
@@ -20,23 +30,116 @@ fail <- function(message, status = 1L) {
   quit(save = "no", status = status)
 }
 
+skip <- function(reason) {
+  write_json(list(skipped = reason), request$measurement, auto_unbox = TRUE)
+  message("skipped: ", reason)
+  quit(save = "no", status = 0L)
+}
+
+# The harness's precision vocabulary, from this checkout (bench/precisions.py imports no framework).
+script <- sub("^--file=", "", grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)[[1]])
+repo <- normalizePath(file.path(dirname(script), ".."))
+precisions <- import_from_path("bench.precisions", path = repo)
+builtins <- import_builtins()
+
 np <- import("numpy", convert = FALSE)
 tf <- import("tensorflow")
 keras <- import("keras")
 layers <- keras$layers
+policy_for <- c(fp32 = "float32", tf32 = "float32", "amp-fp16" = "mixed_float16",
+                "amp-bf16" = "mixed_bfloat16")
+OUTPUT <- "logits"  # the output Dense: float32 in every precision
 
 # ---------------------------------------------------------------- framework and device
 
-init_device <- function(device) {
+init_device <- function(device, precision) {
   gpus <- tf$config$list_physical_devices("GPU")
+  capability <- NULL
   if (device == "gpu") {
     if (length(gpus) == 0) fail("no GPU found: TensorFlow lists no GPU (check the driver and nvidia-smi)", 3L)
+    cc <- tf$config$experimental$get_device_details(gpus[[1]])$compute_capability
+    if (!is.null(cc)) capability <- do.call(tuple, as.list(as.integer(unlist(cc))))
+  }
+  reason <- precisions$skip_reason(precision, device, capability, "r-keras")
+  if (!is.null(reason)) skip(reason)
+  if (device == "gpu") {
     keras$config$set_image_data_format("channels_first")  # NCHW on NVIDIA GPUs
   } else {
     if (length(gpus) > 0) tf$config$set_visible_devices(list(), "GPU")
     keras$config$set_image_data_format("channels_last")   # TF's CPU kernels want NHWC
   }
+  # TF32 off explicitly but in tf32 (the amp modes too: they differ from fp32 by the half compute).
+  tf$config$experimental$enable_tensor_float_32_execution(precision == "tf32")
+  keras$mixed_precision$set_global_policy(policy_for[[precision]])  # before any model is built
   device
+}
+
+# The same seed gives the same float32 weights in every precision.
+set_seed <- function(seed) {
+  keras$utils$set_random_seed(as.integer(seed))
+  tf$random$set_seed(as.integer(seed))
+}
+
+# amp-fp16: the optimizer wrapped in Keras's dynamic loss scaling (explicit; compile() would
+# wrap it itself under mixed_float16).
+loss_scaled <- function(optimizer) {
+  if (request$precision == "amp-fp16") keras$mixed_precision$LossScaleOptimizer(optimizer) else optimizer
+}
+
+one_dtype <- function(dtypes) {
+  names <- sort(unique(vapply(dtypes, function(d) keras$backend$standardize_dtype(d), character(1))))
+  if (length(names) == 1) names else sprintf("mixed(%s)", paste(names, collapse = ", "))
+}
+
+# What is set for this model, read back from Keras and TensorFlow (bench.precisions.state):
+# the layers' compute dtype (all but the float32 output Dense), the trainable variables' dtype
+# (the master weights), the optimizer's class (Keras 3's LossScaleOptimizer is dynamic only)
+# and the TF32 switch. A CPU has no TF32 whatever the switch says.
+numerics <- function(model, device, precision) {
+  tf32_switch <- isTRUE(tf$config$experimental$tensor_float_32_execution_enabled())
+  all_layers <- Filter(function(l) !builtins$isinstance(l, keras$layers$InputLayer), model$layers)
+  body <- Filter(function(l) l$name != OUTPUT, all_layers)
+  head <- Filter(function(l) l$name == OUTPUT, all_layers)
+  optimizer <- if (py_has_attr(model, "optimizer")) model$optimizer else NULL  # none uncompiled
+  override <- Sys.getenv(precisions$TF32_OVERRIDE_VARIABLE, unset = NA)
+  switches <- list(
+    "tf.config.experimental.tensor_float_32_execution_enabled()" = tf32_switch,
+    "keras.mixed_precision.global_policy()" = keras$mixed_precision$global_policy()$name,
+    "model.dtype_policy" = model$dtype_policy$name,
+    "model.weights dtype" = one_dtype(lapply(model$weights, function(v) v$dtype)))
+  switches[precisions$TF32_OVERRIDE_VARIABLE] <- list(if (is.na(override)) NULL else override)  # unset: null
+  mechanism <- sprintf("keras.mixed_precision.set_global_policy('%s') from R", policy_for[[precision]])
+  read_back <- list("tf32", "compute_dtype", "param_dtype")
+  loss_scaler <- NULL
+  if (length(head) > 0) {
+    switches[[paste(OUTPUT, "(output Dense) dtype_policy")]] <- head[[1]]$dtype_policy$name
+    mechanism <- c(mechanism, "output Dense dtype='float32'")
+  }
+  if (!is.null(optimizer)) {
+    scaled <- builtins$isinstance(optimizer, keras$mixed_precision$LossScaleOptimizer)
+    loss_scaling <- if (scaled) "dynamic" else "none"
+    read_back <- c(read_back, list("loss_scaling"))
+    switches[["model.optimizer"]] <- builtins$type(optimizer)$`__name__`
+    switches[["model.loss dtype"]] <- model$loss$dtype
+    if (scaled) {
+      loss_scaler <- sprintf("keras.mixed_precision.LossScaleOptimizer(%s)",
+                             builtins$type(optimizer$inner_optimizer)$`__name__`)
+      switches[["LossScaleOptimizer.initial_scale"]] <- as.numeric(optimizer$initial_scale)
+      switches[["LossScaleOptimizer.dynamic_growth_steps"]] <- as.integer(optimizer$dynamic_growth_steps)
+      mechanism <- c(mechanism, "keras.mixed_precision.LossScaleOptimizer (dynamic)")
+    }
+  } else {  # ResNet-50 features: inference, no loss and no optimizer; the precision's rule stated
+    loss_scaling <- precisions$LOSS_SCALING[[precision]]
+    mechanism <- c(mechanism, "inference only: no loss to scale")
+  }
+  mechanism <- c(mechanism, sprintf("tf.config.experimental.enable_tensor_float_32_execution(%s)",
+                                    if (precision == "tf32") "True" else "False"))
+  precisions$state(
+    precision, tf32 = tf32_switch && device == "gpu",
+    compute_dtype = one_dtype(lapply(body, function(l) l$compute_dtype)),
+    param_dtype = one_dtype(lapply(model$trainable_weights, function(v) v$dtype)),
+    loss_scaling = loss_scaling, loss_scaler = loss_scaler,
+    mechanism = paste(mechanism, collapse = "; "), read_back = read_back, switches = switches)
 }
 
 synchronize <- function(device) {
@@ -75,10 +178,10 @@ build_cnn <- function(spec, device) {
     layers$Flatten(),
     layers$Dense(as.integer(spec$dense_units)), layers$Activation("relu"),
     layers$Dropout(spec$dense_dropout),
-    layers$Dense(as.integer(spec$classes))
+    layers$Dense(as.integer(spec$classes), dtype = "float32", name = OUTPUT)  # float32 logits
   ))
   model$compile(
-    optimizer = keras$optimizers$SGD(learning_rate = spec$lr, momentum = spec$momentum),
+    optimizer = loss_scaled(keras$optimizers$SGD(learning_rate = spec$lr, momentum = spec$momentum)),
     loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE)
   )
   model
@@ -91,11 +194,11 @@ build_rnn <- function(spec, device) {
     keras$Input(shape = tuple(as.integer(spec$seq_len)), dtype = "int32"),
     layers$Embedding(as.integer(spec$max_features), as.integer(spec$embedding_dim)),
     layers$GRU(as.integer(spec$gru_units)),  # cuDNN kernel on GPU; the last time step
-    layers$Dense(as.integer(spec$classes))
+    layers$Dense(as.integer(spec$classes), dtype = "float32", name = OUTPUT)  # float32 logits
   ))
   model$compile(
-    optimizer = keras$optimizers$Adam(learning_rate = spec$lr, beta_1 = spec$beta1,
-                                      beta_2 = spec$beta2, epsilon = spec$epsilon),
+    optimizer = loss_scaled(keras$optimizers$Adam(learning_rate = spec$lr, beta_1 = spec$beta1,
+                                                  beta_2 = spec$beta2, epsilon = spec$epsilon)),
     loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE)
   )
   model
@@ -203,14 +306,16 @@ extract <- function(model, x, spec, device) {
   features <- NULL
   for (i in seq_len(spec$batches) + warmup - 1L) features <- model$predict_on_batch(batch(i))
   synchronize(device)
-  list(time_total_s = elapsed() - start, images = spec$batches * bs,
-       features_shape = as.integer(py_to_r(np$shape(features))))
+  elapsed_s <- elapsed() - start
+  features <- np$asarray(features, dtype = "float32")  # float32 whatever the compute dtype
+  list(time_total_s = elapsed_s, images = spec$batches * bs,
+       features_shape = as.integer(py_to_r(np$shape(features))),
+       features_dtype = builtins$str(features$dtype))
 }
 
 # ---------------------------------------------------------------- the task
 
-device <- init_device(request$device)
-if (request$precision != "fp32") fail(paste("r-keras runs fp32 only, asked for", request$precision))
+device <- init_device(request$device, request$precision)
 arrays <- lapply(request$arrays, function(path) np$load(path))
 
 versions <- list(
@@ -223,15 +328,19 @@ versions <- list(
 )
 
 result <- tryCatch({
+  set_seed(request$seed)
   if (spec$name == "resnet50") {
     model <- build_resnet50(spec, device)
+    state <- numerics(model, device, request$precision)
     m <- extract(model, arrays$x_test, spec, device)
     conventions <- list(resnet_conv_bias = TRUE, weights = "random", timing = "timed in R",
-                        source = "keras.applications.ResNet50(include_top=False, pooling='avg') from R")
+                        source = "keras.applications.ResNet50(include_top=False, pooling='avg') from R",
+                        precision = state)
     c(m, list(params = count_params(model), conventions = conventions))
   } else {
     images <- spec$name == "cnn"
     model <- if (images) build_cnn(spec, device) else build_rnn(spec, device)
+    state <- numerics(model, device, request$precision)
     x_train <- if (images) images_for(arrays$x_train, device) else arrays$x_train
     x_test <- if (images) images_for(arrays$x_test, device) else arrays$x_test
     m <- train(model, x_train, arrays$y_train, spec, device, np$load(request$epoch_orders))
@@ -239,9 +348,9 @@ result <- tryCatch({
     np$save(request$logits, np$asarray(logits, dtype = "float32"))
     conventions <- if (images) list(layout = if (device == "gpu") "NCHW" else "NHWC",
                                     init = "glorot_uniform (Keras defaults)", timing = "timed in R",
-                                    epoch_timing = epoch_timing)
+                                    epoch_timing = epoch_timing, precision = state)
                    else list(gru_bias = "two vectors per gate (reset_after=True)", gru_biases = 600L,
-                             timing = "timed in R", epoch_timing = epoch_timing)
+                             timing = "timed in R", epoch_timing = epoch_timing, precision = state)
     c(m, list(params = count_params(model), conventions = conventions))
   }
 }, error = function(e) fail(conditionMessage(e)))

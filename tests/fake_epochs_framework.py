@@ -24,10 +24,10 @@ import os
 
 from fake_framework import (  # noqa: F401  (the rest of the framework API, as the fake has it)
     build_cnn, build_resnet50, build_rnn, conventions, count_params, data_format, extract_features,
-    init_device, predict_cnn, predict_rnn, versions)
+    init_device, numerics, predict_cnn, predict_rnn, set_seed, versions)
 
 __all__ = ["NAME", "build_cnn", "build_resnet50", "build_rnn", "conventions", "count_params", "data_format",
-           "extract_features", "init_device", "predict_cnn", "predict_rnn", "synchronize", "train_cnn_epoch",
+           "extract_features", "init_device", "numerics", "predict_cnn", "predict_rnn", "set_seed", "synchronize", "train_cnn_epoch",
            "train_cnn_epochs", "train_rnn_epoch", "train_rnn_epochs", "versions"]
 NAME = "fake-epochs"
 SERVED = []  # (path, epoch, batch index, [labels]) for every batch read, in order

@@ -1,7 +1,10 @@
 """A test double of a framework file, in NumPy, to test the harness's own logic.
 
 FAKE_MODE (environment) picks a behaviour: ok, nan, raise-rnn, oom, wrong-params,
-wrong-shape. The models are not real; the harness tests do not measure them.
+wrong-shape, fp16-features (ResNet-50 features in float16), lie-precision (reports fp32
+numerics whatever precision it was asked for). Precisions: fp32 and amp-bf16 run on the CPU,
+the others are skipped with bench.precisions' reasons. The models are not real; the harness
+tests do not measure them.
 """
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ import os
 
 import numpy as np
 
-from bench.errors import DeviceUnavailable
+from bench import precisions
+from bench.errors import DeviceUnavailable, UnsupportedPrecision
 
 NAME = "fake"
+SEEDS = []  # every set_seed call, in order
+_precision = {"name": "fp32"}
 
 
 def _mode() -> str:
@@ -21,7 +27,22 @@ def _mode() -> str:
 def init_device(device, precision):
     if device == "gpu":
         raise DeviceUnavailable("no GPU found: the fake framework has none")
+    reason = precisions.skip_reason(precision, device, None, NAME)
+    if reason:
+        raise UnsupportedPrecision(reason)
+    _precision["name"] = precision
     return "cpu"
+
+
+def set_seed(seed):
+    SEEDS.append(seed)
+
+
+def numerics(task, model, dev):
+    name = "fp32" if _mode() == "lie-precision" else _precision["name"]
+    return precisions.state(name, tf32=False, compute_dtype=precisions.COMPUTE_DTYPE[name],
+                            param_dtype="float32", loss_scaling=precisions.LOSS_SCALING[name],
+                            mechanism=f"fake {name}", read_back=[], switches={"fake.tf32": False})
 
 
 def synchronize(dev):
@@ -85,7 +106,8 @@ def build_resnet50(spec, dev):
 
 
 def extract_features(model, x):
-    return np.zeros((len(x), model.spec.features), dtype=np.float32)
+    dtype = np.float16 if _mode() == "fp16-features" else np.float32
+    return np.zeros((len(x), model.spec.features), dtype=dtype)
 
 
 def _train(model, batches):

@@ -29,12 +29,12 @@ if str(HERE.parent) not in sys.path:
 
 import fake_framework as _fake  # noqa: E402
 from fake_framework import (  # noqa: E402,F401  (the rest of the framework API, as the fake has it)
-    conventions, count_params, data_format, extract_features, init_device, predict_cnn, predict_rnn,
-    synchronize, train_cnn_epoch, train_rnn_epoch, versions)
+    conventions, count_params, data_format, extract_features, init_device, numerics, predict_cnn,
+    predict_rnn, set_seed, synchronize, train_cnn_epoch, train_rnn_epoch, versions)
 
 __all__ = ["NAME", "build_cnn", "build_resnet50", "build_rnn", "conventions", "count_params",
-           "data_format", "extract_features", "init_device", "predict_cnn", "predict_rnn", "synchronize",
-           "train_cnn_epoch", "train_rnn_epoch", "versions"]
+           "data_format", "extract_features", "init_device", "numerics", "predict_cnn", "predict_rnn",
+           "set_seed", "synchronize", "train_cnn_epoch", "train_rnn_epoch", "versions"]
 NAME = "fake-slow"
 _SEED = 0
 

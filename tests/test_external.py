@@ -28,11 +28,21 @@ if mode == "no-gpu":
 params = {{"cnn": 3441592, "rnn": 3818302, "resnet50": 23508032}}[spec["name"]]
 if mode == "wrong-params":
     params += 1
+if mode == "skip":
+    json.dump({{"skipped": "knet: no bfloat16 path"}}, open(request["measurement"], "w"))
+    sys.exit(0)
+name = "fp32" if mode == "lie-precision" else request["precision"]
+compute = {{"fp32": "float32", "tf32": "float32", "amp-fp16": "float16", "amp-bf16": "bfloat16"}}[name]
+state = {{"name": name, "tf32": name == "tf32", "compute_dtype": compute, "param_dtype": "float32",
+         "loss_scaling": "dynamic" if name == "amp-fp16" else "none", "loss_scaler": None,
+         "mechanism": "fake Julia", "read_back": [], "switches": {{}}}}
 m = {{"params": params, "framework_version": "Knet 1.4.10 (Julia 1.8.5)", "env": {{"julia": "1.8.5"}},
-     "conventions": {{"timing": "timed in Julia"}}}}
+     "conventions": {{"timing": "timed in Julia", "precision": state,
+                     "tf32_override_seen": os.environ.get("NVIDIA_TF32_OVERRIDE")}}}}
 if spec["name"] == "resnet50":
     m.update(time_total_s=2.0, images=spec["batches"] * spec["batch_size"],
-             features_shape=[spec["batch_size"], 2048])
+             features_shape=[spec["batch_size"], 2048],
+             features_dtype="float16" if mode == "fp16-features" else "float32")
 else:
     n_test = len(np.load(request["arrays"]["x_test"]))
     np.save(request["logits"], np.zeros((n_test, spec["classes"]), dtype=np.float32))
@@ -124,3 +134,42 @@ def test_r_keras_runs_the_three_tasks_from_r(tmp_path):
         assert r["status"] == "ok" and r["framework_version"].startswith("R ")
         assert r["env"]["r"].startswith("R version") and r["env"]["reticulate"]
     assert records["cnn"]["final_loss"] < 2.4 and records["cnn"]["epoch_times_s"][0] > 0
+
+
+def test_a_precision_the_program_cannot_run_is_skipped_with_its_reason(fake_julia, tmp_path):
+    fake_julia["FAKE_JULIA_MODE"] = "skip"
+    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "cnn",
+                     "--precision", "amp-bf16", "--out", str(tmp_path / "out"), env=fake_julia)
+    assert proc.returncode == 4, proc.stdout[-3000:]
+    record = _records(tmp_path / "out")["cnn"]
+    assert record["status"] == "skipped" and record["precision"] == "amp-bf16"
+    assert "no bfloat16 path" in record["error"] and record["time_total_s"] is None
+
+
+def test_a_program_reporting_another_precision_than_asked_is_a_failed_task(fake_julia, tmp_path):
+    fake_julia["FAKE_JULIA_MODE"] = "lie-precision"
+    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "cnn",
+                     "--precision", "amp-bf16", "--out", str(tmp_path / "out"), env=fake_julia)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    record = _records(tmp_path / "out")["cnn"]
+    assert record["status"] == "failed" and record["throughput"] is None
+    assert "asked for amp-bf16" in record["error"] and "compute_dtype is 'float32'" in record["error"]
+
+
+def test_the_program_runs_with_tf32_forbidden_unless_tf32_is_asked_for(fake_julia, tmp_path):
+    fake_julia.pop("NVIDIA_TF32_OVERRIDE", None)
+    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "cnn",
+                     "--out", str(tmp_path / "out"), env=fake_julia)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    record = _records(tmp_path / "out")["cnn"]
+    assert record["conventions"]["precision"]["name"] == "fp32"
+    assert record["conventions"]["tf32_override_seen"] == "0"
+
+
+def test_features_the_program_reports_as_not_float32_fail_the_task(fake_julia, tmp_path):
+    fake_julia["FAKE_JULIA_MODE"] = "fp16-features"
+    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "resnet50",
+                     "--out", str(tmp_path / "out"), env=fake_julia)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    record = _records(tmp_path / "out")["resnet50"]
+    assert record["status"] == "failed" and "features are 'float16'" in record["error"]

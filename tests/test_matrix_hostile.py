@@ -71,7 +71,7 @@ CASES = [
     ("repeats-a-billion", BASE + "repeats: 1000000000\n", [f"repeats (line {NEXT}) is 1000000000; it must be a whole number from 1 to 100"]),
     ("repeats-1.0e9", BASE + "repeats: 1.0e+9\n", [f"repeats (line {NEXT}) is 1000000000.0; it must be a whole number from 1 to 100"]),
     ("unknown-precision", BASE.replace("[fp32]", "[fp64]"),
-     ["precisions[0] (line 3) is 'fp64'; choose from fp32, fp16, bf16, amp"]),
+     ["precisions[0] (line 3) is 'fp64'; choose from fp32, tf32, amp-fp16, amp-bf16"]),
     ("precision-twice", BASE.replace("[fp32]", "[fp32, fp32]"), ["precisions (line 3) lists 'fp32' more than once"]),
     ("unknown-task", BASE.replace("[cnn]", "[mlp]"), ["tasks[0] (line 2) is 'mlp'; choose from cnn, rnn, resnet50"]),
     ("no-tasks", BASE.replace("[cnn]", "[]"), ["tasks (line 2) is empty"]),
@@ -284,7 +284,7 @@ def test_merge_keys_still_work_and_unknown_keys_through_them_are_found(tmp_path)
     assert "unknown key 'frameworks.pytorch.variants.cu128.pip_idx' (line 9)" in _error(tmp_path, bad)
 
 
-def _many_gpus(n, repeats, precisions="[fp32, fp16, bf16, amp]"):
+def _many_gpus(n, repeats, precisions="[fp32, tf32, amp-fp16, amp-bf16]"):
     gpus = "".join(f"  g{i}: {{device: gpu}}\n" for i in range(n))
     return (BASE.replace("[fp32]", precisions).replace("tasks: [cnn]", "tasks: [cnn, rnn, resnet50]")
             + gpus + f"repeats: {repeats}\n")

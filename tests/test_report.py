@@ -57,7 +57,7 @@ def test_html_and_markdown_hold_every_section(tmp_path, results_dir):
     assert "pytorch 2.14.1" in html and "tensorflow 2.21.0" in html
     # The fastest of each column is marked once per column.
     assert html.count("class=\"fastest\"") == 3
-    assert "| framework | AMD EPYC / venv |" in md
+    assert "| framework | AMD EPYC / venv / fp32 |" in md
     assert md.count("** ★") == 3 and "no GPU found" in md and "<svg" not in md
     for external in ('src="http', "src='http", 'href="http', "url(http", "@import", "<link"):
         assert external not in html  # self-contained: nothing to fetch on an air-gapped cluster
@@ -112,7 +112,7 @@ def test_cuda_ab_speedups_against_the_matrix_baseline(tmp_path, results_dir):
     assert speedups == {"cu126": pytest.approx(10.0 / 12.0), "cu130": pytest.approx(1.0)}
     assert all(r["baseline"] == "cu130" and r["baseline_from"] == "matrix.yaml" for r in rows)
     html, md, _ = _render(tmp_path, results_dir)
-    assert "0.833" in html and "NVIDIA H100 80GB HBM3 / cu126" in html
+    assert "0.833" in html and "NVIDIA H100 80GB HBM3 / cu126 / fp32" in html
     # Full-size GPU runs get their own section, never a column beside quick CPU runs.
     assert 'id="cnn"' in html and 'id="cnn-quick"' in html
 
@@ -159,3 +159,38 @@ def test_page_loads_in_headless_chromium(tmp_path, results_dir):
                    capture_output=True, text=True, timeout=120, check=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a real, non-blank page
+
+
+def _precision_result(base: dict, precision: str, total: float) -> dict:
+    rec = copy.deepcopy(base)
+    rec.update(precision=precision, time_total_s=total, epoch_times_s=[total],
+               repeats=[dict(rec["repeats"][0], time_total_s=total, epoch_times_s=[total])])
+    compute = {"fp32": "float32", "amp-bf16": "bfloat16"}[precision]
+    rec["conventions"] = dict(rec.get("conventions") or {}, precision={
+        "name": precision, "tf32": False, "compute_dtype": compute, "param_dtype": "float32",
+        "loss_scaling": "none", "loss_scaler": None, "mechanism": f"autocast {compute}",
+        "read_back": ["compute_dtype", "param_dtype", "tf32"], "switches": {}})
+    return rec
+
+
+def test_precisions_get_their_own_columns_and_an_ab_table_against_fp32(tmp_path):
+    base = _fixture("pytorch-cnn-cpu")
+    folder = tmp_path / "r"
+    results.write_result(_precision_result(base, "fp32", 12.0), folder, "fp32.json")
+    results.write_result(_precision_result(base, "amp-bf16", 8.0), folder, "bf16.json")
+    records = [results.load_result(p) for p in folder.glob("*.json")]
+    [table] = report.build_tables(records)
+    assert sorted(table.columns) == [f"{base['device_name']} / venv / amp-bf16", f"{base['device_name']} / venv / fp32"]
+    [row] = report.precision_ab(records)
+    assert row["precision"] == "amp-bf16" and row["speedup"] == pytest.approx(12.0 / 8.0)
+    assert row["state"] == "compute bfloat16, weights float32, TF32 off, loss scaling none"
+    html, md, _ = _render(tmp_path, folder)
+    assert 'id="precision-ab"' in html and "1.500" in html
+    assert "## Precision A/B" in md and "| amp-bf16 | 12.00 | 8.00 | 1.500x |" in md
+
+
+def test_no_precision_ab_without_fp32_beside_it(tmp_path):
+    base = _fixture("pytorch-cnn-cpu")
+    only = [_precision_result(base, "amp-bf16", 8.0)]
+    assert report.precision_ab(only) == []
+    assert report.precision_state_text([dict(base, conventions=None)]) == "not recorded"

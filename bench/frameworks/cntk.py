@@ -2,18 +2,39 @@
 Rosetta Stone used CNTK (momentum_sgd with unit_gain=False, optimized_rnnstack GRU).
 
 Same sections as bench/frameworks/pytorch.py:
-  1. framework and device  2. CNN  3. RNN  4. ResNet-50
+  1. framework and device: init_device, set_seed, synchronize, versions, data_format,
+     count_params, conventions, numerics
+  2. CNN  3. RNN  4. ResNet-50
 Container only: CNTK has wheels for Python 3.5-3.7 alone. This file stays valid Python 3.6
 (tests/test_cntk_static.py checks it), the harness needs 3.7, so docker/cntk uses 3.7.
+
+Precision (bench/precisions.py): CNTK 2.7 runs fp32 alone, and says why for the others.
+- fp32: float32 inputs and parameters (CNTK's default dtype); no TF32 exists for it to turn
+  off: cntk-gpu 2.7 is built for CUDA 10.0 / cuDNN 7, which predate TF32.
+- tf32: skipped for the same reason, on every GPU.
+- amp-fp16: skipped. CNTK's fp16 path (C.default_options(dtype=np.float16), inputs and loss
+  cast with C.cast) has no loss scaling at all, dynamic or static, and Trainer.train_minibatch
+  applies the update with no way to skip a step whose fp16 gradients overflowed; its learners
+  keep fp32 master weights for float16 parameters in momentum_sgd, nesterov and adadelta
+  (Learner.cpp), but adam, the RNN's optimizer, has no float16 path (microsoft/CNTK#2941).
+  A hand-written scaler would not be CNTK's mechanism.
+- amp-bf16: skipped: CNTK has no bfloat16 data type (Float, Double and Float16 only).
 """
+import os
+
 import cntk as C
 import numpy as np
+from cntk.logging import graph as cntk_graph
 
+from bench import precisions
 from bench.data import to_one_hot
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
 NAME = "cntk"
+# cntk-gpu 2.7's build: CUDA 10.0 and cuDNN 7 (CNTK does not report them itself)
+CUDA_BUILD, CUDNN_BUILD = "10.0", "7"
+_run = {"precision": precisions.DEFAULT}  # one process runs one precision
 
 
 class Model(object):
@@ -26,9 +47,38 @@ class Model(object):
 
 # ---------------------------------------------------------------- 1. framework and device
 
+def _capability(gpu):
+    """The GPU's compute capability (major, minor) from CNTK's GPUProperties (versionMajor,
+    versionMinor in the C++ API); None where the binding does not give it."""
+    try:
+        props = C.device.get_gpu_properties(gpu)
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+    major = getattr(props, "version_major", getattr(props, "versionMajor", None))
+    minor = getattr(props, "version_minor", getattr(props, "versionMinor", None))
+    return None if major is None or minor is None else (int(major), int(minor))
+
+
+def _no_path(precision, device):
+    """CNTK 2.7's own reasons (after the device's, bench/precisions.skip_reason)."""
+    who = "{} {} on the {}".format(NAME, C.__version__, device.upper())
+    if precision == "tf32":
+        return ("{}: no tf32: cntk-gpu 2.7 is built for CUDA {} / cuDNN {}, which predate TF32 "
+                "(CUDA 11 and cuDNN 8 on compute capability 8.0+); run fp32").format(
+                    who, CUDA_BUILD, CUDNN_BUILD)
+    if precision == "amp-fp16":
+        return ("{}: no amp-fp16: CNTK has no loss scaling (dynamic or static) and "
+                "Trainer.train_minibatch applies each update with no way to skip a step whose fp16 "
+                "gradients overflowed; its fp16 path (C.default_options(dtype=np.float16)) keeps fp32 "
+                "master weights only in momentum_sgd, nesterov and adadelta, and adam (the RNN's "
+                "optimizer) has no float16 path (microsoft/CNTK issue 2941); run fp32").format(who)
+    if precision == "amp-bf16":
+        return ("{}: no amp-bf16: CNTK has no bfloat16 data type (its DataType is Float, Double "
+                "or Float16); run fp32").format(who)
+    return None
+
+
 def init_device(device, precision):
-    if precision != "fp32":
-        raise UnsupportedPrecision("{} runs fp32 only (asked for {})".format(NAME, precision))
     if device == "gpu":
         gpus = [d for d in C.device.all_devices() if d.type() == C.device.DeviceKind.GPU]
         if not gpus:
@@ -36,10 +86,29 @@ def init_device(device, precision):
                 "no GPU found: CNTK {} lists no GPU device (cntk-gpu needs CUDA 10.0 and "
                 "cuDNN 7); check the driver and nvidia-smi, or run with --device cpu".format(
                     C.__version__))
-        C.device.try_set_default_device(C.device.gpu(gpus[0].id()))
-        return "gpu"
-    C.device.try_set_default_device(C.device.cpu())
-    return "cpu"
+        gpu = C.device.gpu(gpus[0].id())
+        C.device.try_set_default_device(gpu)
+        # only a precision other than fp32 needs the capability, for its skip reason
+        capability = _capability(gpu) if precision != "fp32" else None
+    else:
+        C.device.try_set_default_device(C.device.cpu())
+        capability = None
+    reason = precisions.skip_reason(precision, device, capability, NAME) or _no_path(precision, device)
+    if reason:
+        raise UnsupportedPrecision(reason)
+    _run["precision"] = precision
+    return device
+
+
+def set_seed(seed):
+    """CNTK's initializers (glorot_uniform, he_normal) and dropout take their seeds from CNTK's
+    process-wide counter, one seed per parameter: reset here before each build, so the same seed
+    gives the same weights in every process (CNTK's tests: reset_random_seed(2) twice gives the
+    same values, set_fixed_random_seed would give every parameter the same seed). CNTK's counter
+    starts at 1, so seed s starts it at s + 1. NumPy's generator is seeded too (this file draws
+    nothing from it)."""
+    C.cntk_py.reset_random_seed(int(seed) + 1)
+    np.random.seed(int(seed))
 
 
 def synchronize(dev):
@@ -52,8 +121,8 @@ def versions(dev):
     # CNTK does not report its CUDA/cuDNN; cntk-gpu 2.7 is built against CUDA 10.0, cuDNN 7.
     return {
         "framework_version": C.__version__,
-        "cuda": "10.0" if dev == "gpu" else None,
-        "cudnn": "7" if dev == "gpu" else None,
+        "cuda": CUDA_BUILD if dev == "gpu" else None,
+        "cudnn": CUDNN_BUILD if dev == "gpu" else None,
         "gpu": "gpu({})".format(C.device.use_default_device().id()) if dev == "gpu" else None,
     }
 
@@ -78,6 +147,41 @@ def conventions(task, dev):
                 "gru_biases": 300, "gru_kernel": "C.layers.Recurrence(GRU) on the CPU", "fast_path": []}
     return {"resnet_conv_bias": False, "weights": "random (he_normal)",
             "source": "ResNet-50 written with CNTK layers (torchvision layout)", "fast_path": []}
+
+
+def _dtype_name(dtype):
+    return np.dtype(dtype).name
+
+
+def _one(dtypes):
+    """The dtype a set of variables share ("mixed(...)" when they do not)."""
+    names = sorted({_dtype_name(d) for d in dtypes})
+    return names[0] if len(names) == 1 else "mixed({})".format(", ".join(names))
+
+
+def numerics(task, model, dev):
+    """What is set for this model, read back from the CNTK graph: the dtype of every function's
+    outputs (the compute dtype) and of the parameters (the weights the learner updates). TF32 is
+    stated False: CUDA 10.0 / cuDNN 7 have none. CNTK has no loss scaler."""
+    precision = _run["precision"]
+    functions = cntk_graph.depth_first_search(
+        model.z, lambda node: isinstance(node, C.cntk_py.Function))
+    outputs = [output for function in functions for output in function.outputs] or [model.z.output]
+    switches = {
+        "model output dtype": _dtype_name(model.z.output.dtype),
+        "input dtype": _dtype_name(model.x.dtype),
+        precisions.TF32_OVERRIDE_VARIABLE: os.environ.get(precisions.TF32_OVERRIDE_VARIABLE),
+    }
+    if model.trainer is not None:
+        switches["loss dtype"] = _dtype_name(model.trainer.loss_function.output.dtype)
+    mechanism = ("float32 graph: inputs and parameters in CNTK's default dtype (no "
+                 "C.default_options(dtype=...)); no TF32: cntk-gpu 2.7 is built for CUDA {} / "
+                 "cuDNN {}; no loss scaler").format(CUDA_BUILD, CUDNN_BUILD)
+    return precisions.state(
+        precision, tf32=False, compute_dtype=_one(o.dtype for o in outputs),
+        param_dtype=_one(p.dtype for p in model.z.parameters),
+        loss_scaling=precisions.LOSS_SCALING[precision], loss_scaler=None, mechanism=mechanism,
+        read_back=["compute_dtype", "param_dtype"], switches=switches)
 
 
 # ---------------------------------------------------------------- 2. CNN
@@ -192,4 +296,4 @@ def build_resnet50(spec, dev):
 
 
 def extract_features(model, x):
-    return np.asarray(model.z.eval({model.x: x}))
+    return np.asarray(model.z.eval({model.x: x}), dtype=np.float32)  # float32 features (TASKS.md)

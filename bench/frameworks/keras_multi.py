@@ -1,19 +1,40 @@
 """Keras 3 on JAX, PyTorch or TensorFlow (KERAS_BACKEND), fit / predict: the three tasks.
 
 Same sections as bench/frameworks/pytorch.py:
-  1. framework and device  2. CNN  3. RNN  4. ResNet-50
+  1. framework and device: init_device, set_seed, synchronize, versions, data_format,
+     count_params, conventions, numerics
+  2. CNN  3. RNN  4. ResNet-50
 The matrix entries keras-jax, keras-torch and keras-tensorflow share this file; the
 environment variable KERAS_BACKEND, set by the registry before import, picks the engine.
+
+Precision (bench/precisions.py) through Keras's own mechanism, the same on every backend: a
+global dtype policy (keras.mixed_precision.set_global_policy) set in init_device before any
+model is built: "float32" for fp32 and tf32, "mixed_float16" for amp-fp16, "mixed_bfloat16"
+for amp-bf16 (variables, hence the optimizer's master weights, stay float32; layers compute in
+the half type; BatchNormalization computes in float32 whatever the policy, Keras's own rule).
+The output Dense is float32 in every precision (the Keras mixed-precision guide's rule), so the
+logits, the softmax inside the cross-entropy and the loss are float32. amp-fp16 wraps the
+optimizer in keras.mixed_precision.LossScaleOptimizer (dynamic loss scaling; fit() reports the
+unscaled loss). TF32 is the backend's business, each through its own switch, on in tf32 only:
+tf.config.experimental.enable_tensor_float_32_execution (tensorflow), torch.backends' fp32
+precision of cuBLAS matmuls and cuDNN convolutions and RNNs (torch), the XLA default precision
+of dots and convolutions, jax_default_matmul_precision (jax).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 import keras
+from bench import precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 
 BACKEND = keras.backend.backend()
 NAME = f"keras-{BACKEND}"
+POLICY = {"fp32": "float32", "tf32": "float32", "amp-fp16": "mixed_float16", "amp-bf16": "mixed_bfloat16"}
+OUTPUT = "logits"  # the output Dense: float32 in every precision
+_run = {"precision": precisions.DEFAULT}  # one process runs one precision
 _device_scope = None  # keras.device(...) entered for the whole run
 
 
@@ -36,25 +57,132 @@ def _backend_gpus() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
+def _capability() -> tuple | None:
+    """The first GPU's compute capability (major, minor), from the backend's own query."""
+    if BACKEND == "torch":
+        import torch
+
+        return tuple(torch.cuda.get_device_capability(0))
+    if BACKEND == "jax":
+        import jax
+
+        capability = getattr(jax.devices("gpu")[0], "compute_capability", None)  # e.g. "9.0"
+        return tuple(int(part) for part in str(capability).split(".")[:2]) if capability else None
+    import tensorflow as tf
+
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+    capability = details.get("compute_capability")
+    return tuple(int(v) for v in capability) if capability else None
+
+
+# torch's fp32 precision switches (the API of torch 2.9 and later; older torch: allow_tf32 and
+# set_float32_matmul_precision). The two APIs must not be mixed: torch refuses to read a flag
+# set through the other one.
+_TORCH_FP32_SWITCHES = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")
+
+
+def _torch_backend(path: str):
+    import torch
+
+    module = torch.backends
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set_tf32(allowed: bool) -> None:
+    """TF32 on (tf32) or off (every other precision), through the backend's own switch."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(allowed)
+    elif BACKEND == "torch":
+        import torch
+
+        if hasattr(torch.backends, "fp32_precision"):
+            torch.backends.fp32_precision = "ieee"  # every backend's default, the CPU's included
+            for path in _TORCH_FP32_SWITCHES:
+                _torch_backend(path).fp32_precision = "tf32" if allowed else "ieee"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+            torch.backends.cudnn.allow_tf32 = allowed
+            torch.set_float32_matmul_precision("high" if allowed else "highest")
+    else:
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if allowed else "highest")
+
+
+def _tf32_switches() -> dict:
+    """Each TF32 switch of the backend and its value, read back."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return {"tf.config.experimental.tensor_float_32_execution_enabled()":
+                bool(tf.config.experimental.tensor_float_32_execution_enabled())}
+    if BACKEND == "torch":
+        import torch
+
+        if hasattr(torch.backends, "fp32_precision"):
+            switches = {"torch.backends.fp32_precision": torch.backends.fp32_precision}
+            for path in _TORCH_FP32_SWITCHES + ("mkldnn.matmul", "mkldnn.conv"):
+                switches[f"torch.backends.{path}.fp32_precision"] = _torch_backend(path).fp32_precision
+            return switches
+        return {"torch.backends.cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                "torch.backends.cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+                "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision()}
+    import jax
+
+    return {"jax.config.jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+
+
+def _tf32_on(switches: dict) -> dict:
+    """Whether each read-back switch lets TF32 be used on the GPU."""
+    on = {}
+    for key, value in switches.items():
+        if key.endswith("fp32_precision"):
+            if key.split(".")[2] in ("cuda", "cudnn"):  # mkldnn is the CPU's: no TF32 there
+                on[key] = value == "tf32"
+        elif key.endswith("get_float32_matmul_precision()"):
+            on[key] = value in ("high", "medium")
+        elif key.endswith("jax_default_matmul_precision"):
+            on[key] = value not in ("highest", "float32", "F32_F32_F32")
+        else:
+            on[key] = bool(value)
+    return on
+
+
 def init_device(device: str, precision: str) -> str:
     global _device_scope
-    if precision != "fp32":
-        raise UnsupportedPrecision(f"{NAME} runs fp32 only (asked for {precision})")
     if device == "gpu" and _backend_gpus() == 0:
         raise DeviceUnavailable(
             f"no GPU found: Keras {keras.__version__}'s {BACKEND} backend sees no GPU; check the "
             "driver and nvidia-smi, or run with --device cpu")
+    reason = precisions.skip_reason(precision, device, _capability() if device == "gpu" else None, NAME)
+    if reason:
+        raise UnsupportedPrecision(reason)
     if BACKEND == "tensorflow" and device == "cpu":
         import tensorflow as tf
 
         tf.config.set_visible_devices([], "GPU")  # --device cpu means the CPU alone
     # NCHW on NVIDIA GPUs (TASKS.md); TensorFlow's CPU kernels need NHWC.
     keras.config.set_image_data_format("channels_first" if device == "gpu" else "channels_last")
+    # TF32 off explicitly but in tf32 (the amp modes too: they differ from fp32 by the half compute).
+    _set_tf32(precision == "tf32")
+    keras.mixed_precision.set_global_policy(POLICY[precision])  # before any model is built
+    _run["precision"] = precision
     # Torch's backend wants a bare "cpu": "cpu:0" turns its parameters into plain tensors.
     index = "" if BACKEND == "torch" else ":0"
     _device_scope = keras.device(("gpu" if device == "gpu" else "cpu") + index)
     _device_scope.__enter__()  # every tensor of the run lives on that device
     return device
+
+
+def set_seed(seed: int) -> None:
+    """Keras's initializers draw from its global seed generator (and Python's and NumPy's), all
+    seeded by keras.utils.set_random_seed, on every backend (JAX: keys derived from it); the
+    same seed gives the same float32 weights in every precision."""
+    keras.utils.set_random_seed(seed)
 
 
 def synchronize(dev: str) -> None:
@@ -138,6 +266,70 @@ def conventions(task: str, dev: str) -> dict:
             "fast_path": ["predict_on_batch"]}
 
 
+def _one(dtypes) -> str:
+    """The dtype a set of layers or variables share ("mixed(...)" when they do not)."""
+    names = sorted({keras.backend.standardize_dtype(d) for d in dtypes})
+    return names[0] if len(names) == 1 else f"mixed({', '.join(names)})"
+
+
+def numerics(task: str, model, dev: str) -> dict:
+    """What is set for this model, read back from Keras and the backend: the layers' compute
+    dtype (all but the float32 output Dense), the trainable variables' dtype (the master
+    weights), the optimizer's class (LossScaleOptimizer: Keras 3's is dynamic only) and the
+    backend's TF32 switches."""
+    precision = _run["precision"]
+    tf32_switches = _tf32_switches()
+    on = _tf32_on(tf32_switches).values()
+    # tf32 asks for every switch on; any other precision for every switch off.
+    tf32 = (all(on) if precision == "tf32" else any(on)) and dev == "gpu"  # a CPU has no TF32
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    body = [layer for layer in layers if layer.name != OUTPUT]
+    head = [layer for layer in layers if layer.name == OUTPUT]
+    optimizer = getattr(model, "optimizer", None)
+    read_back = ["tf32", "compute_dtype", "param_dtype"]
+    switches = dict(tf32_switches)
+    switches.update({
+        "keras.mixed_precision.global_policy()": keras.mixed_precision.global_policy().name,
+        "model.dtype_policy": model.dtype_policy.name,
+        "model.weights dtype": _one(v.dtype for v in model.weights),
+        precisions.TF32_OVERRIDE_VARIABLE: os.environ.get(precisions.TF32_OVERRIDE_VARIABLE),
+    })
+    mechanism = [f"keras.mixed_precision.set_global_policy({POLICY[precision]!r}) on {BACKEND}"]
+    if head:
+        switches[f"{OUTPUT} (output Dense) dtype_policy"] = head[0].dtype_policy.name
+        mechanism.append("output Dense dtype='float32'")
+    if optimizer is not None:
+        scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+        loss_scaling = "dynamic" if scaled else "none"
+        loss_scaler = (f"keras.mixed_precision.LossScaleOptimizer"
+                       f"({type(optimizer.inner_optimizer).__name__})") if scaled else None
+        read_back.append("loss_scaling")
+        switches["model.optimizer"] = type(optimizer).__name__
+        switches["model.loss dtype"] = getattr(model.loss, "dtype", None)
+        if scaled:
+            switches["LossScaleOptimizer.initial_scale"] = float(optimizer.initial_scale)
+            switches["LossScaleOptimizer.dynamic_growth_steps"] = int(optimizer.dynamic_growth_steps)
+            mechanism.append("keras.mixed_precision.LossScaleOptimizer (dynamic)")
+    else:  # ResNet-50 features: inference, no loss and no optimizer; the precision's rule stated
+        loss_scaling, loss_scaler = precisions.LOSS_SCALING[precision], None
+        mechanism.append("inference only: no loss to scale")
+    mechanism.append(("TF32 allowed: " if precision == "tf32" else "TF32 off: ")
+                     + ", ".join(f"{k} = {v!r}" for k, v in tf32_switches.items()))
+    return precisions.state(
+        precision, tf32=tf32, compute_dtype=_one(layer.compute_dtype for layer in body),
+        param_dtype=_one(v.dtype for v in model.trainable_weights),
+        loss_scaling=loss_scaling, loss_scaler=loss_scaler, mechanism="; ".join(mechanism),
+        read_back=read_back, switches=switches)
+
+
+def _optimizer(optimizer):
+    """amp-fp16: the optimizer wrapped in Keras's dynamic loss scaling (compile() would wrap it
+    itself under mixed_float16; done here so that it is explicit)."""
+    if _run["precision"] == "amp-fp16":
+        return keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 class _Progress(keras.callbacks.Callback):
     """Hands Keras's batch count to the harness's progress line."""
 
@@ -199,10 +391,10 @@ def build_cnn(spec, dev: str):
         layers.Flatten(),
         layers.Dense(spec.dense_units), layers.Activation("relu"),
         layers.Dropout(spec.dense_dropout),
-        layers.Dense(spec.classes),
+        layers.Dense(spec.classes, dtype="float32", name=OUTPUT),  # float32 logits in every precision
     ])
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=spec.lr, momentum=spec.momentum),
+        optimizer=_optimizer(keras.optimizers.SGD(learning_rate=spec.lr, momentum=spec.momentum)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
@@ -245,11 +437,11 @@ def build_rnn(spec, dev: str):
         keras.Input(shape=(spec.seq_len,), dtype="int32"),
         layers.Embedding(spec.max_features, spec.embedding_dim),
         layers.GRU(spec.gru_units),  # cuDNN kernel where the backend has one; last time step
-        layers.Dense(spec.classes),
+        layers.Dense(spec.classes, dtype="float32", name=OUTPUT),  # float32 logits in every precision
     ])
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=spec.lr, beta_1=spec.beta1,
-                                        beta_2=spec.beta2, epsilon=spec.epsilon),
+        optimizer=_optimizer(keras.optimizers.Adam(learning_rate=spec.lr, beta_1=spec.beta1,
+                                                   beta_2=spec.beta2, epsilon=spec.epsilon)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
@@ -277,4 +469,5 @@ def build_resnet50(spec, dev: str):
 
 
 def extract_features(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict_on_batch(x))
+    # float32 features whatever the compute dtype (under mixed_bfloat16 the pooled output is bf16)
+    return np.asarray(model.predict_on_batch(x), dtype=np.float32)

@@ -1,22 +1,54 @@
 """MXNet 1.9 through Gluon, hybridized: the three tasks of TASKS.md.
 
 Same sections as bench/frameworks/pytorch.py:
-  1. framework and device  2. CNN  3. RNN  4. ResNet-50
+  1. framework and device: init_device, set_seed, synchronize, versions, data_format,
+     count_params, conventions, numerics
+  2. CNN  3. RNN  4. ResNet-50
+
+Precision (bench/precisions.py): amp-fp16 (GPU) and amp-bf16 (CPU, oneDNN) are MXNet's AMP,
+amp.init(target_dtype) before any network is built: its operator lists cast the inputs of
+Convolution and FullyConnected (fp16: also RNN; bf16 keeps RNN in float32) to the half type,
+leave dtype-neutral operators in the dtype they get and every parameter in float32, which the
+Trainer updates; amp-fp16 adds AMP's dynamic loss scaler (amp.init_trainer, amp.scale_loss).
+MXNet 1.9 has no TF32 switch of its own: cuBLAS and cuDNN use TF32 for float32 on a GPU of
+compute capability 8.0+ unless NVIDIA_TF32_OVERRIDE=0, which the harness sets for every
+precision but tf32 (runner.prepare_environment).
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
+from mxnet.contrib import amp
 from mxnet.gluon import nn, rnn
 from mxnet.gluon.model_zoo import vision
 
+from bench import precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
 NAME = "mxnet"
+
+AMP_TARGET = {"amp-fp16": "float16", "amp-bf16": "bfloat16"}  # amp.init(target_dtype=...)
+# MXNet's name for "implicitly convert float32 data to float16 for tensor cores" (RNN, Convolution):
+# off (its default), so that float32 and tf32 never compute in float16.
+CONVERSION_VARIABLE = "MXNET_CUDA_TENSOR_OP_MATH_ALLOW_CONVERSION"
+TENSOR_CORE_VARIABLE = "MXNET_CUDA_ALLOW_TENSOR_CORE"  # left at MXNet's default (1): fp16 tensor cores
+COMPUTE_OPS = ("Convolution", "FullyConnected", "RNN")  # the operators whose dtype is the compute dtype
+BFLOAT16 = np.dtype([("bfloat16", np.uint16)])  # MXNet 1.x's bfloat16 (mxnet.contrib.amp.amp.bfloat16)
+# Array creators (no input): amp's symbol wrapper casts an operator's inputs and fails on an
+# operator that has none (TypeError: 'NoneType' object is not iterable); MXNet 1.9.1's bfloat16
+# list of float32 operators holds them, and `_zeros` makes the GRU's begin state in a hybridized
+# graph. Unwrapped they make float32 arrays just as wrapped, so they leave that list
+# (amp.init(fp32_ops=...), AMP's documented override of the list).
+_CREATION_OPS = ("zeros", "zeros_without_dtype", "ones", "full", "arange", "linspace", "eye")
+
+# What init_device set; one process runs one precision (amp.init cannot be undone). build_* read it.
+_PRECISION = {"name": precisions.DEFAULT, "amp": None, "capability": None}
 
 
 @dataclass
@@ -24,13 +56,14 @@ class Model:
     net: gluon.HybridBlock
     trainer: gluon.Trainer | None
     ctx: mx.Context
+    loss_scaling: bool = False  # AMP's dynamic loss scaler on the trainer (amp-fp16)
 
 
 # ---------------------------------------------------------------- 1. framework and device
 
 def init_device(device: str, precision: str) -> mx.Context:
-    if precision != "fp32":
-        raise UnsupportedPrecision(f"{NAME} runs fp32 only (asked for {precision})")
+    global _PRECISION
+    capability = None
     if device == "gpu":
         if mx.context.num_gpus() == 0:
             cuda = mx.runtime.Features().is_enabled("CUDA")
@@ -38,8 +71,52 @@ def init_device(device: str, precision: str) -> mx.Context:
                 f"no GPU found: mx.context.num_gpus() is 0 (mxnet {mx.__version__}, "
                 f"{'built with' if cuda else 'built without'} CUDA; GPU images install "
                 "mxnet-cuXXX); check the driver and nvidia-smi, or run with --device cpu")
-        return mx.gpu(0)
-    return mx.cpu()
+        ctx = mx.gpu(0)
+        capability = _capability(ctx)
+    else:
+        ctx = mx.cpu()
+    reason = precisions.skip_reason(precision, device, capability, NAME) or _mxnet_reason(precision, device)
+    if reason:
+        raise UnsupportedPrecision(reason)
+    target = AMP_TARGET.get(precision)
+    if _PRECISION["amp"] is not None and _PRECISION["amp"] != target:
+        raise RuntimeError(f"{NAME}: amp.init(target_dtype={_PRECISION['amp']!r}) already ran in this "
+                           f"process and cannot be undone; run {precision} in a process of its own")
+    os.environ[CONVERSION_VARIABLE] = "0"  # read by MXNet's CUDA operators as they set up, after this
+    if target == "bfloat16":
+        amp.init(target_dtype=target, fp32_ops=[op for op in amp.list_fp32_ops(BFLOAT16)
+                                                if op.lstrip("_") not in _CREATION_OPS])
+    elif target:
+        amp.init(target_dtype=target)
+    _PRECISION = {"name": precision, "amp": target, "capability": capability}
+    return ctx
+
+
+def _capability(ctx: mx.Context):
+    """MXNet's own query (mx.util.get_cuda_compute_capability: 80 for sm_80) as (major, minor)."""
+    try:
+        value = mx.util.get_cuda_compute_capability(ctx)
+    except (OSError, RuntimeError):  # no libcuda to ask: unknown
+        return None
+    return value // 10, value % 10
+
+
+def _mxnet_reason(precision: str, device: str) -> str | None:
+    """MXNet 1.9's own limits, beside the device's (precisions.skip_reason)."""
+    if precision == "amp-bf16" and device == "gpu":
+        return (f"{NAME} {mx.__version__}: amp-bf16 runs on the CPU only: MXNet 1.9's bfloat16 is "
+                "oneDNN's (amp casts arrays to bfloat16 on a CPU context only) and its CUDA operators "
+                "have no bfloat16 kernels; run amp-fp16 on the GPU or amp-bf16 with --device cpu")
+    if precision == "amp-bf16" and not mx.runtime.Features().is_enabled("MKLDNN"):
+        return (f"{NAME} {mx.__version__}: amp-bf16 on the CPU needs MXNet built with MKLDNN (oneDNN), "
+                "which holds MXNet's only bfloat16 kernels; this build has it off "
+                "(mx.runtime.Features): run fp32")
+    return None
+
+
+def set_seed(seed: int) -> None:
+    mx.random.seed(seed)  # the initializers (Xavier, Uniform) and Dropout draw from MXNet's RNG
+    np.random.seed(seed)  # Orthogonal and other NumPy-based initializers
 
 
 def synchronize(ctx: mx.Context) -> None:
@@ -78,6 +155,81 @@ def conventions(task: str, ctx: mx.Context) -> dict:
                       "bottleneck conv biases held at zero and frozen", "fast_path": fast}
 
 
+def numerics(task: str, model: Model, ctx: mx.Context) -> dict:
+    precision, target = _PRECISION["name"], _PRECISION["amp"]
+    op_dtypes = _op_dtypes(model.net)
+    low = sorted({d for dtypes in op_dtypes.values() for d in dtypes} - {"float32"})
+    compute = low[0] if len(low) == 1 else ("mixed (" + ", ".join(low) + ")" if low else "float32")
+    params = sorted({_dtype_name(p.data().dtype) for p in model.net.collect_params().values()})
+    param_dtype = params[0] if len(params) == 1 else "mixed (" + ", ".join(params) + ")"
+    override = mx.util.getenv(precisions.TF32_OVERRIDE_VARIABLE)  # the C runtime's, as cuBLAS reads it
+    conversion = mx.util.getenv(CONVERSION_VARIABLE)
+    capability = _PRECISION["capability"]
+    # MXNet's own rule (mxnet.test_utils.effective_dtype): float32 gemms and convolutions use
+    # TF32 on a GPU of compute capability 8.0+ unless NVIDIA_TF32_OVERRIDE=0.
+    tf32 = (ctx.device_type == "gpu" and capability is not None and tuple(capability) >= (8, 0)
+            and override != "0")
+    switches = {precisions.TF32_OVERRIDE_VARIABLE: override, CONVERSION_VARIABLE: conversion,
+                TENSOR_CORE_VARIABLE: mx.util.getenv(TENSOR_CORE_VARIABLE),
+                "amp.init target_dtype": target,
+                "operator dtypes": {op: ", ".join(sorted(d)) for op, d in sorted(op_dtypes.items())}}
+    read_back = ["tf32", "compute_dtype", "param_dtype"]
+    if target:
+        low_ops = [op for op, dtypes in sorted(op_dtypes.items()) if target in dtypes]
+        kept = [op for op, dtypes in sorted(op_dtypes.items()) if "float32" in dtypes]
+        mechanism = (f"mxnet.contrib.amp.init(target_dtype={target!r}): "
+                     f"{', '.join(low_ops) or 'no operator'} computing in {target} (amp_cast of the inputs)")
+        if kept:
+            mechanism += f", {', '.join(kept)} kept in float32 by AMP's operator lists"
+        mechanism += "; float32 parameters"
+    else:
+        mechanism = "float32 parameters and operators (no AMP)"
+    mechanism += (", logits cast to float32 before the loss" if model.trainer is not None
+                  else ", features float32")
+    if ctx.device_type == "gpu":
+        mechanism += (f"; TF32 by cuBLAS/cuDNN unless {precisions.TF32_OVERRIDE_VARIABLE}=0 "
+                      f"(now {override!r}), {CONVERSION_VARIABLE}={conversion!r}")
+    scaler = None
+    if model.trainer is None:  # inference (ResNet-50): no loss to scale, the precision's rule stands
+        loss_scaling = precisions.LOSS_SCALING[precision]
+        mechanism += "; inference: no loss, so no loss scaler"
+    else:
+        found = getattr(model.trainer, "_amp_loss_scaler", None)  # set by amp.init_trainer
+        loss_scaling = "dynamic" if found is not None else "none"
+        read_back.append("loss_scaling")
+        if found is not None:
+            scaler = f"{type(found).__module__}.{type(found).__name__}"
+            switches["loss_scale"] = float(found.loss_scale)
+            mechanism += "; amp.init_trainer + amp.scale_loss: AMP's dynamic loss scaler"
+    return precisions.state(precision, tf32=tf32, compute_dtype=compute, param_dtype=param_dtype,
+                            loss_scaling=loss_scaling, mechanism=mechanism, read_back=read_back,
+                            switches=switches, loss_scaler=scaler)
+
+
+def _op_dtypes(net) -> dict:
+    """The dtypes each compute operator of the network computes in, read from the graph MXNet
+    builds for it (with AMP's casts) through its own type inference."""
+    graph = net(mx.sym.var("data"))
+    internals = graph.get_internals()
+    _, out_types, _ = internals.infer_type(data="float32")
+    ops = {node["name"]: node["op"] for node in json.loads(graph.tojson())["nodes"]}
+    found = {}
+    for name, dtype in zip(internals.list_outputs(), out_types):
+        op = ops.get(name.rsplit("_output", 1)[0])
+        if op in COMPUTE_OPS:
+            found.setdefault(op, set()).add(_dtype_name(dtype))
+    return found
+
+
+def _dtype_name(dtype) -> str:
+    dtype = np.dtype(dtype)
+    return dtype.names[0] if dtype.names else dtype.name  # MXNet 1.x's bfloat16 is a record dtype
+
+
+def _forward_fp32(model: Model, data):
+    return model.net(data).astype("float32", copy=False)  # fp32 whatever the compute dtype
+
+
 # ---------------------------------------------------------------- 2. CNN
 
 def build_cnn(spec, ctx: mx.Context) -> Model:
@@ -102,7 +254,15 @@ def build_cnn(spec, ctx: mx.Context) -> Model:
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd",
                             {"learning_rate": spec.lr, "momentum": spec.momentum})
-    return Model(net, trainer, ctx)
+    return _trained(net, trainer, ctx)
+
+
+def _trained(net, trainer, ctx) -> Model:
+    """The model of a training task; under amp-fp16 the trainer gets AMP's dynamic loss scaler."""
+    scaling = precisions.LOSS_SCALING[_PRECISION["name"]] == "dynamic"
+    if scaling:
+        amp.init_trainer(trainer)
+    return Model(net, trainer, ctx, loss_scaling=scaling)
 
 
 def train_cnn_epoch(model: Model, batches, spec) -> float:
@@ -122,15 +282,19 @@ def _train_epoch(model: Model, batches) -> float:
         data = nd.array(x, ctx=model.ctx)
         label = nd.array(y, ctx=model.ctx)
         with autograd.record():  # training mode: dropout active
-            loss = _loss(model.net(data), label)
-        loss.backward()
+            loss = _loss(_forward_fp32(model, data), label)
+            if model.loss_scaling:  # AMP: backward of the scaled loss; step() unscales, skips overflows
+                with amp.scale_loss(loss, model.trainer) as scaled:
+                    autograd.backward(scaled)
+        if not model.loss_scaling:
+            loss.backward()
         model.trainer.step(len(x))  # gradient of the batch mean
-        total += loss.mean()  # stays on the device: no sync per step
+        total += loss.mean()  # the unscaled loss; stays on the device: no sync per step
     return float(total.asscalar()) / len(batches)
 
 
 def _predict(model: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    logits = [model.net(nd.array(xb, ctx=model.ctx)).asnumpy() for xb in batches_of(x, batch_size)]
+    logits = [_forward_fp32(model, nd.array(xb, ctx=model.ctx)).asnumpy() for xb in batches_of(x, batch_size)]
     return np.concatenate(logits)
 
 
@@ -157,7 +321,7 @@ def build_rnn(spec, ctx: mx.Context) -> Model:
     trainer = gluon.Trainer(net.collect_params(), "adam",
                             {"learning_rate": spec.lr, "beta1": spec.beta1, "beta2": spec.beta2,
                              "epsilon": spec.epsilon})
-    return Model(net, trainer, ctx)
+    return _trained(net, trainer, ctx)
 
 
 def train_rnn_epoch(model: Model, batches, spec) -> float:
@@ -187,4 +351,4 @@ def build_resnet50(spec, ctx: mx.Context) -> Model:
 
 
 def extract_features(model: Model, x: np.ndarray) -> np.ndarray:
-    return model.net(nd.array(x, ctx=model.ctx)).asnumpy()
+    return _forward_fp32(model, nd.array(x, ctx=model.ctx)).asnumpy()  # float32 features

@@ -1,15 +1,32 @@
 """PyTorch: the three tasks of TASKS.md.
 
 Every framework file has these sections, in this order, with these names:
-  1. framework and device: init_device, synchronize, versions, data_format,
-     count_params, conventions
+  1. framework and device: init_device, set_seed, synchronize, versions, data_format,
+     count_params, conventions, numerics
   2. CNN: build_cnn, train_cnn_epoch, predict_cnn
   3. RNN: build_rnn, train_rnn_epoch, predict_rnn
   4. ResNet-50: build_resnet50, extract_features
 Hyperparameters come from the spec; data, batching, timing and results are the harness's.
+
+Precision (bench/precisions.py) through PyTorch's own mechanism, set in init_device:
+  - TF32: torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 and
+    torch.set_float32_matmul_precision ("highest": IEEE fp32; "high": TF32 allowed), on in tf32
+    only (the amp modes keep it off: they differ from fp32 by the half compute alone).
+  - amp-fp16 / amp-bf16: torch.autocast(device_type, dtype) around the forward pass and the loss;
+    the parameters (the optimizer's master weights) stay float32; the logits are cast to float32
+    before F.cross_entropy. amp-fp16 (GPU only) scales the loss with torch.amp.GradScaler
+    (dynamic); the loss handed back is the unscaled one. Prediction and features run under the
+    same autocast and come back as float32.
+  - The GRU: on a CPU aten::gru is not on autocast's list; its ATen decomposition runs the gate
+    matmuls in bf16 (linear/addmm are on the list) and carries the hidden state in float32. On a
+    GPU autocast's cuDNN RNN wrapper casts to float16 whatever the autocast dtype
+    (aten/src/ATen/cudnn/AutocastRNN.cpp), so under amp-bf16 the GRU runs outside autocast, in
+    float32, rather than in fp16 under a bf16 label.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +35,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from bench import precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
 NAME = "pytorch"
+
+AUTOCAST_DTYPE = {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}
+# One process runs one precision: what init_device set, for build_*, the training step and numerics.
+_run = {"precision": precisions.DEFAULT, "autocast": None, "loss_scaling": False,
+        "gru_outside_autocast": False}
 
 
 @dataclass
@@ -29,22 +52,44 @@ class Model:
     net: nn.Module
     optimizer: torch.optim.Optimizer | None
     device: torch.device
+    scaler: torch.amp.GradScaler | None = None  # amp-fp16: dynamic loss scaling
 
 
 # ---------------------------------------------------------------- 1. framework and device
 
 def init_device(device: str, precision: str) -> torch.device:
-    if precision != "fp32":
-        raise UnsupportedPrecision(f"{NAME} runs fp32 only (asked for {precision})")
     if device == "gpu":
         if not torch.cuda.is_available():
             raise DeviceUnavailable(
                 "no GPU found: torch.cuda.is_available() is False "
                 f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
                 "check the driver and nvidia-smi, or run with --device cpu")
+    capability = tuple(torch.cuda.get_device_capability()) if device == "gpu" else None
+    reason = precisions.skip_reason(precision, device, capability, NAME)
+    if reason:
+        raise UnsupportedPrecision(reason)
+    if (precision == "amp-bf16" and device == "gpu"
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        raise UnsupportedPrecision(
+            f"{NAME} {torch.__version__}: torch.cuda.is_bf16_supported() is False on "
+            f"{torch.cuda.get_device_name()} (compute capability {capability[0]}.{capability[1]}); "
+            "run amp-fp16")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    _run.update(precision=precision, autocast=AUTOCAST_DTYPE.get(precision),
+                loss_scaling=precision == "amp-fp16",
+                gru_outside_autocast=precision == "amp-bf16" and device == "gpu")
+    if device == "gpu":
         torch.backends.cudnn.benchmark = True  # cuDNN autotune, as TASKS.md asks
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def set_seed(seed: int) -> None:
+    """Every build_* draws its initial weights from torch's generator (CPU and CUDA alike)."""
+    torch.manual_seed(seed)
 
 
 def synchronize(dev: torch.device) -> None:
@@ -88,6 +133,108 @@ def conventions(task: str, dev: torch.device) -> dict:
             "fast_path": fast}
 
 
+def _autocast(dev: torch.device):
+    """The context the forward pass and the loss run in: torch.autocast in the amp modes."""
+    dtype = _run["autocast"]
+    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _half_ops(task: str, dev: torch.device) -> str:
+    """What computes in the half type and what does not, for this task on this device."""
+    half = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[_run["autocast"]]
+    if task == "cnn":
+        return (f"conv2d and linear in {half} (autocast's lower-precision list); relu, max_pool2d "
+                f"and dropout on the {half} activations")
+    if task == "resnet50":
+        return (f"conv2d and linear in {half}; batch_norm (not on autocast's list) normalises the "
+                f"{half} activations with float32 weights and running statistics; relu, pooling and "
+                f"the residual adds on {half}; features cast to float32")
+    if dev.type == "cpu":
+        return (f"embedding lookup float32 (not on autocast's list); nn.GRU: aten::gru is not on the "
+                f"CPU autocast list and runs its ATen CPU decomposition, whose per-step gate matmuls "
+                f"(linear/addmm) autocast to {half} and whose sigmoid/tanh gates run on those {half} "
+                f"results, the hidden state carried in float32 (the GRU's output is float32); "
+                f"output Linear in {half}")
+    if _run["gru_outside_autocast"]:
+        return ("embedding lookup float32; nn.GRU (cuDNN) in float32, outside autocast "
+                "(torch.autocast('cuda', enabled=False)): autocast's cuDNN RNN wrapper would cast it "
+                "to float16 whatever the autocast dtype; output Linear in bfloat16")
+    return (f"embedding lookup float32; nn.GRU: cuDNN GRU cast to {half} by autocast's _cudnn_rnn "
+            f"wrapper (weights re-flattened in {half}); output Linear in {half}")
+
+
+def numerics(task: str, model: Model, dev: torch.device) -> dict:
+    """What is set for this model, read back from PyTorch: the TF32 flags, the dtype a matmul
+    computes in inside the context the model runs in, the parameters' dtype (the master
+    weights) and the gradient scaler."""
+    precision = _run["precision"]
+    matmul_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    cudnn_tf32 = bool(torch.backends.cudnn.allow_tf32)
+    matmul_precision = torch.get_float32_matmul_precision()
+    with _autocast(dev):
+        enabled = torch.is_autocast_enabled(dev.type)
+        autocast_dtype = str(torch.get_autocast_dtype(dev.type)).replace("torch.", "") if enabled else None
+        probe = torch.ones(2, 2, device=dev)
+        compute_dtype = str(torch.mm(probe, probe).dtype).replace("torch.", "")
+    param_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.net.parameters()})
+    switches = {
+        "torch.backends.cuda.matmul.allow_tf32": matmul_tf32,
+        "torch.backends.cudnn.allow_tf32": cudnn_tf32,
+        "torch.get_float32_matmul_precision()": matmul_precision,
+        "torch.is_autocast_enabled (in the model's context)": enabled,
+        "torch.get_autocast_dtype (in the model's context)": autocast_dtype,
+        "parameter dtypes": param_dtypes,
+        precisions.TF32_OVERRIDE_VARIABLE: os.environ.get(precisions.TF32_OVERRIDE_VARIABLE),
+    }
+    if dev.type == "cpu":
+        switches["torch.backends.cpu.get_cpu_capability()"] = torch.backends.cpu.get_cpu_capability()
+        if _run["autocast"] is torch.bfloat16:
+            switches["torch.ops.mkldnn._is_mkldnn_bf16_supported()"] = bool(
+                torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    else:
+        switches["torch.cuda.get_device_capability()"] = list(torch.cuda.get_device_capability(dev))
+    mechanism = []
+    if _run["autocast"] is not None:
+        where = ("the forward pass and the loss, and in predict; logits cast to float32 before "
+                 "F.cross_entropy" if model.optimizer is not None else "the forward pass")
+        mechanism.append(f"torch.autocast({dev.type!r}, dtype={_run['autocast']}) around {where}; "
+                         f"float32 parameters; {_half_ops(task, dev)}")
+    else:
+        mechanism.append("no autocast: float32 parameters and compute")
+    read_back = ["tf32", "compute_dtype", "param_dtype"]
+    if model.optimizer is not None:
+        read_back.append("loss_scaling")
+        scaled = model.scaler is not None and model.scaler.is_enabled()
+        loss_scaling = "dynamic" if scaled else "none"
+        loss_scaler = "torch.amp.GradScaler" if scaled else None
+        if scaled:
+            switches["GradScaler.is_enabled()"] = True
+            switches["GradScaler.get_scale()"] = float(model.scaler.get_scale())
+            switches["GradScaler.get_growth_interval()"] = int(model.scaler.get_growth_interval())
+            switches["GradScaler.get_backoff_factor()"] = float(model.scaler.get_backoff_factor())
+            mechanism.append("torch.amp.GradScaler (dynamic): scaler.scale(loss).backward(), "
+                             "scaler.step(optimizer) (skips a step whose gradients overflow), "
+                             "scaler.update(); the loss returned is the unscaled loss")
+    else:  # ResNet-50 features: inference, no loss and no optimizer; the precision's rule stated
+        loss_scaling, loss_scaler = precisions.LOSS_SCALING[precision], None
+        mechanism.append("inference only: no loss to scale")
+    mechanism.append(f"torch.backends.cuda.matmul.allow_tf32={matmul_tf32}; "
+                     f"torch.backends.cudnn.allow_tf32={cudnn_tf32}; "
+                     f"torch.set_float32_matmul_precision({matmul_precision!r})")
+    return precisions.state(
+        precision, tf32=dev.type == "cuda" and (matmul_tf32 or cudnn_tf32),  # a CPU has no TF32
+        compute_dtype=compute_dtype,
+        param_dtype=param_dtypes[0] if len(param_dtypes) == 1 else f"mixed({', '.join(param_dtypes)})",
+        loss_scaling=loss_scaling, loss_scaler=loss_scaler, mechanism="; ".join(mechanism),
+        read_back=read_back, switches=switches)
+
+
+def _scaler(dev: torch.device) -> torch.amp.GradScaler | None:
+    """amp-fp16: PyTorch's dynamic loss scaling (its defaults: initial scale 2**16, doubled after
+    2,000 steps without overflow, halved on an overflow)."""
+    return torch.amp.GradScaler(dev.type) if _run["loss_scaling"] else None
+
+
 # ---------------------------------------------------------------- 2. CNN
 
 def build_cnn(spec, dev: torch.device) -> Model:
@@ -111,7 +258,7 @@ def build_cnn(spec, dev: torch.device) -> Model:
             nn.init.zeros_(layer.bias)
     net = net.to(dev)
     optimizer = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum)
-    return Model(net, optimizer, dev)
+    return Model(net, optimizer, dev, _scaler(dev))
 
 
 def train_cnn_epoch(model: Model, batches, spec) -> float:
@@ -129,17 +276,25 @@ def _train_epoch(model: Model, batches) -> float:
         x = torch.from_numpy(x).to(model.device)
         y = torch.from_numpy(y).to(model.device, dtype=torch.long)
         model.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model.net(x), y)
-        loss.backward()
-        model.optimizer.step()
-        total += loss.detach()  # summed on the device: no sync per step
+        with _autocast(model.device):
+            loss = F.cross_entropy(model.net(x).float(), y)  # the loss in float32
+        if model.scaler is not None:
+            model.scaler.scale(loss).backward()
+            model.scaler.step(model.optimizer)  # skipped when the scaled gradients overflowed
+            model.scaler.update()
+        else:
+            loss.backward()
+            model.optimizer.step()
+        total += loss.detach()  # the unscaled loss, summed on the device: no sync per step
     return (total / len(batches)).item()
 
 
 @torch.inference_mode()
 def _predict(model: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     model.net.eval()
-    logits = [model.net(torch.from_numpy(xb).to(model.device)).cpu() for xb in batches_of(x, batch_size)]
+    with _autocast(model.device):
+        logits = [model.net(torch.from_numpy(xb).to(model.device)).float().cpu()
+                  for xb in batches_of(x, batch_size)]
     return torch.cat(logits).numpy()
 
 
@@ -153,7 +308,12 @@ class GRUClassifier(nn.Module):
         self.dense = nn.Linear(spec.gru_units, spec.classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        outputs, _ = self.gru(self.embedding(tokens))
+        embedded = self.embedding(tokens)
+        if _run["gru_outside_autocast"] and torch.is_autocast_enabled(embedded.device.type):
+            with torch.autocast(embedded.device.type, enabled=False):  # float32, not fp16 (see above)
+                outputs, _ = self.gru(embedded.float())
+        else:
+            outputs, _ = self.gru(embedded)
         return self.dense(outputs[:, -1])  # the last time step
 
 
@@ -161,7 +321,7 @@ def build_rnn(spec, dev: torch.device) -> Model:
     net = GRUClassifier(spec).to(dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
                                  eps=spec.epsilon)
-    return Model(net, optimizer, dev)
+    return Model(net, optimizer, dev, _scaler(dev))
 
 
 def train_rnn_epoch(model: Model, batches, spec) -> float:
@@ -182,4 +342,6 @@ def build_resnet50(spec, dev: torch.device) -> Model:
 
 @torch.inference_mode()
 def extract_features(model: Model, x: np.ndarray) -> np.ndarray:
-    return model.net(torch.from_numpy(x).to(model.device)).cpu().numpy()
+    with _autocast(model.device):
+        features = model.net(torch.from_numpy(x).to(model.device))
+    return features.float().cpu().numpy()  # float32 whatever the compute dtype
