@@ -25,6 +25,25 @@ import numpy as np
 from . import tasks
 
 GRU_GATES = ("r", "z", "n")
+
+# Conventions where frameworks compute another function by design, each framework stating one
+# of these values in its conventions (bench/equivalence.py compares only equal ones).
+DESIGN_CONVENTIONS = {
+    # rnn: where Adam adds epsilon. Algorithm 1 of Kingma & Ba: w -= lr * m_hat / (sqrt(v_hat) + eps);
+    # their section 2's "epsilon hat": w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
+    # which is Algorithm 1 with eps / sqrt(1 - b2^t) in place of eps.
+    "adam_epsilon": ("sqrt(v_hat) + eps (Kingma & Ba Algorithm 1)",
+                     "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)"),
+    # rnn: Adam's second moment of an embedding row: the square of the row's summed gradient (a
+    # dense gradient), or the sum of each occurrence's square (Keras on TensorFlow: the gradient
+    # is a tf.IndexedSlices with one row per token occurrence, squared before it is summed)
+    "adam_embedding_v": ("square of the row's gradient (dense)",
+                         "sum of each occurrence's squared gradient (tf.IndexedSlices)"),
+    # resnet50: the stride 2 of a stage's first bottleneck, on the 3x3 or on the first 1x1 convolution
+    "resnet_stride": ("3x3 (torchvision, v1.5)", "1x1 (original paper, v1)"),
+    # resnet50: the max pooling after the stem
+    "pool1": ("max 3x3, stride 2, padding 1", "max 3x3, stride 2, padding 0, cover_all"),
+}
 RESNET_BLOCKS = (3, 4, 6, 3)  # bottlenecks per stage
 RESNET_EXPANSION = 4
 

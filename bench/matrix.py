@@ -102,7 +102,7 @@ class Matrix:
         return self.frameworks[framework].get("variants") or {}
 
     def cells(self, executor: str, only_frameworks=None, only_variants=None, only_gpus=None,
-              only_tasks=None, quick=None) -> list[Cell]:
+              only_tasks=None, quick=None, only_precisions=None) -> list[Cell]:
         doc = self.doc
         for flag, names in (("--frameworks", only_frameworks), ("--variants", only_variants),
                             ("--gpus", only_gpus), ("--tasks", only_tasks)):
@@ -119,7 +119,9 @@ class Matrix:
                 raise MatrixError(f"--gpus: {name!r} is not in {self.path} (it has {', '.join(self.gpus)})")
         quick = doc.get("quick", False) if quick is None else quick
         chosen_tasks = list(only_tasks or doc.get("tasks", list(tasks.TASK_NAMES)))
-        precisions = list(doc.get("precisions", ["fp32"]))
+        # --precisions chooses among the four names, whatever the matrix lists (a precision A/B
+        # on a matrix written for fp32 needs no edit of the file).
+        precisions = list(only_precisions or doc.get("precisions", ["fp32"]))
         repeats = doc.get("repeats", 1)
         # Local runs use the framework's virtual environment: there is no image variant.
         venv = executor == "local" or (executor == "slurm"

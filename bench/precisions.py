@@ -47,6 +47,14 @@ def check_name(name: str) -> str:
     return name
 
 
+def parse_list(text: str) -> list:
+    """"fp32,amp-bf16" -> ["fp32", "amp-bf16"]; ValueError (UnknownPrecision) naming a bad one."""
+    names = [x.strip() for x in str(text).split(",") if x.strip()]
+    if not names:
+        raise ValueError("expected one or more of " + ", ".join(PRECISIONS))
+    return [check_name(name) for name in dict.fromkeys(names)]
+
+
 def _capability_text(capability) -> str:
     return f"{capability[0]}.{capability[1]}"
 

@@ -164,7 +164,9 @@ def precision_ab(records: list[dict]) -> list[dict]:
         key = (r["framework"], r.get("device_name") or r["device"], variant_of(r), r["task"], bool(r.get("quick")))
         groups.setdefault(key, {}).setdefault(r["precision"], Cell()).records.append(r)
     rows = []
-    for (framework, device, variant, task, quick), by_precision in sorted(groups.items()):
+    order = {task: i for i, task in enumerate(TASK_TITLES)}
+    for (framework, device, variant, task, quick), by_precision in sorted(
+            groups.items(), key=lambda item: (item[0][:3], order.get(item[0][3], 99), item[0][4])):
         if precisions.DEFAULT not in by_precision or len(by_precision) < 2:
             continue
         base = by_precision[precisions.DEFAULT].metric

@@ -33,7 +33,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-from . import envinfo, frameworks, matrix as matrix_mod, results, runner, tasks
+from . import envinfo, frameworks, matrix as matrix_mod, precisions, results, runner, tasks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 40
@@ -913,7 +913,7 @@ def cmd_sweep(args) -> int:
     try:
         m = matrix_mod.load(args.matrix)
         cells = m.cells(args.executor, args.frameworks, args.variants, args.gpus, args.tasks,
-                        True if args.quick else None)
+                        True if args.quick else None, only_precisions=getattr(args, "precisions", None))
         for cell in cells:
             check_cell_id(cell.id)
         executor = EXECUTOR_CLASSES[args.executor](m, args)
@@ -982,8 +982,9 @@ def _sweep(args, cells, executor, out: Path, lock: SweepLock | None) -> int:
         except OSError as exc:  # results.OutputError: the disk is full, the folder went away
             raise CellOutputError(cell.id, exc) from None
         ok = sum(1 for s, _ in outcome.values() if s == "ok")
-        print(f"[{len(outcome)}/{len(todo)}] {cell.id}: {outcome[cell.id][0]} | ok {ok}, not ok "
-              f"{len(outcome) - ok}, left {len(todo) - len(outcome)}, elapsed "
+        skipped = sum(1 for s, _ in outcome.values() if s == "skipped")
+        print(f"[{len(outcome)}/{len(todo)}] {cell.id}: {outcome[cell.id][0]} | ok {ok}, skipped {skipped}, "
+              f"not ok {len(outcome) - ok - skipped}, left {len(todo) - len(outcome)}, elapsed "
               f"{time.monotonic() - start:.0f} s", flush=True)
 
     stop = ctx.stop
@@ -1041,6 +1042,13 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _precision_names(text: str) -> list:
+    try:
+        return precisions.parse_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="run every cell of matrix.yaml; resumes, isolates failures")
     p.add_argument("matrix", type=Path, help="the matrix file, e.g. matrix.yaml")
@@ -1050,6 +1058,8 @@ def register(sub) -> None:
     p.add_argument("--variants", type=_names, help="comma-separated CUDA variants (docker, slurm containers)")
     p.add_argument("--gpus", type=_names, help="comma-separated GPU types of the matrix")
     p.add_argument("--tasks", type=tasks.parse_tasks, help="comma-separated: cnn,rnn,resnet50")
+    p.add_argument("--precisions", type=_precision_names,
+                   help="comma-separated, any of fp32,tf32,amp-fp16,amp-bf16 (instead of the matrix's precisions)")
     p.add_argument("--quick", action="store_true", help="--quick size for every cell")
     p.add_argument("--data", choices=("auto", "real", "synthetic"), help="override the matrix's data:")
     p.add_argument("--timeout", type=_timeout, help="seconds per cell (overrides timeout_s); a cell that "

@@ -57,10 +57,11 @@ def precision_table(records: list[dict]) -> str:
         lines.append(f"| {r['framework']} | {r['device']} | {r['task']}{' (quick)' if r['quick'] else ''} | "
                      f"{r['precision']} | {r['fp32']:.2f} {unit} | {r['metric']:.2f} {unit} | "
                      f"{r['speedup']:.2f}x | {r['state']} |")
-    skipped = sorted({(r["framework"], r["precision"], (r.get("error") or "").replace("UnsupportedPrecision: ", ""))
+    skipped = sorted({(r["framework"], r.get("device_name") or r["device"], r["precision"],
+                       (r.get("error") or "").replace("UnsupportedPrecision: ", ""))
                       for r in records if r["status"] == "skipped"})
-    for framework, precision, reason in skipped:
-        lines.append(f"| {framework} | | | {precision} | | | skipped | {reason.replace('|', '/')} |")
+    for framework, device, precision, reason in skipped:
+        lines.append(f"| {framework} | {device} | all | {precision} | | | skipped | {reason.replace('|', '/')} |")
     return "\n".join(lines)
 
 

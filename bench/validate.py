@@ -297,12 +297,7 @@ def cmd_validate(args) -> int:
             print(f"NO BAND: the baseline {args.baseline} has no band for this device ({device_name}) "
                   f"at {', '.join(args.precisions)}", file=sys.stderr)
             return EXIT_NO_BAND
-    frameworks = args.frameworks or sorted({b["framework"] for b in here})
-    # Each framework at every precision the baseline has a band for (--precision narrows it);
-    # a framework asked for by name with no band at all is still run once, at fp32, to say so.
-    runs = [(fw, p) for fw in frameworks
-            for p in sorted({b["precision"] for b in here if b["framework"] == fw}, key=precisions.PRECISIONS.index)
-            or [(args.precisions or [precisions.DEFAULT])[0]]]
+    runs = plan_runs(here, args.frameworks, args.precisions)
     # Best of as many repeats as the baseline's runs had: best of fewer would be judged harsher.
     repeats = args.repeats or max(b.get("repeats_per_run", 3) for b in here)
     task_list = args.tasks or list(tasks.TASK_NAMES)
@@ -362,6 +357,19 @@ def cmd_validate(args) -> int:
     if missing and len(missing) == len(failed):
         return EXIT_NO_BAND
     return EXIT_FAIL if failed else EXIT_PASS
+
+
+def plan_runs(bands: list, frameworks=None, wanted=None) -> list:
+    """(framework, precision) pairs to run: each framework (default: every one with a band) at
+    every precision the bands have for it, in the vocabulary's order; a framework asked for by
+    name with no band is still run once (at the first precision wanted, else fp32) to say so."""
+    names = frameworks or sorted({b["framework"] for b in bands})
+    runs = []
+    for name in names:
+        found = {b["precision"] for b in bands if b["framework"] == name}
+        chosen = [p for p in precisions.PRECISIONS if p in found]
+        runs.extend((name, p) for p in chosen or [(wanted or [precisions.DEFAULT])[0]])
+    return runs
 
 
 def judge_folder(folder: Path, framework: str, task_list: list, bands: list[dict]) -> list[dict]:
@@ -435,12 +443,9 @@ def _repeats(text: str) -> int:
 
 
 def _precisions(text: str) -> list:
-    names = [x for x in text.split(",") if x]
-    if not names:
-        raise argparse.ArgumentTypeError("expected one or more of " + ", ".join(precisions.PRECISIONS))
     try:
-        return [precisions.check_name(name) for name in names]
-    except precisions.UnknownPrecision as exc:
+        return precisions.parse_list(text)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
 
 

@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
 
 from bench import data, frameworks, runner, tasks, venvs  # noqa: E402
 
-KERAS = ("tensorflow", "keras-jax", "keras-torch", "keras-tensorflow")
+KERAS = ("keras-jax", "keras-torch", "keras-tensorflow")  # tensorflow.py has no fit() since issue 12
 WAYS = ("old", "new", "bare")
 
 

@@ -16,6 +16,17 @@
 # back from Keras and TensorFlow into the measurement's conventions$precision (the fields of
 # bench.precisions.state). A precision this program cannot run on the device writes
 # {"skipped": reason} (bench.precisions.skip_reason's words) and exits 0.
+#
+# Equivalence mode (issue 12, `python -m bench equivalence`): a request with "mode":
+# "equivalence" names "tasks", a "folder" holding weights-TASK.npz (bench/canonical.py's layout)
+# and inputs-TASK.npz, "specs" ({task: the check's hyperparameters}) and "epoch_orders" ({task:
+# .npy path} for the trained tasks; drawn here with the harness's calls if absent). For each
+# task this script does what bench/equivalence.py's work() does in a Python framework's
+# environment: the model built as the benchmark builds it, the canonical weights loaded, the
+# logits of x_eval, one fit() over x_train in the harness's order, the weights after it (or
+# the ResNet-50 features), written to folder/r-keras-TASK.npz with work()'s keys; its last
+# stdout line is {task: {"framework", "conventions", "roundtrip"}} as JSON. "device" (default
+# "cpu"), "precision" ("fp32") and "seed" (0) are optional there.
 suppressPackageStartupMessages({
   library(reticulate)
   library(jsonlite)
@@ -23,17 +34,24 @@ suppressPackageStartupMessages({
 
 request <- fromJSON(commandArgs(trailingOnly = TRUE)[[1]], simplifyVector = TRUE)
 spec <- request$spec
+equivalence <- identical(request$mode, "equivalence")
+if (equivalence) {  # the check runs on the CPU in fp32 unless the request says otherwise
+  if (is.null(request$device)) request$device <- "cpu"
+  if (is.null(request$precision)) request$precision <- "fp32"
+  if (is.null(request$seed)) request$seed <- 0L
+}
 
+# An equivalence request has no measurement file: its errors go to stderr and the exit code.
 fail <- function(message, status = 1L) {
-  write_json(list(error = message), request$measurement, auto_unbox = TRUE)
+  if (!is.null(request$measurement)) write_json(list(error = message), request$measurement, auto_unbox = TRUE)
   message("error: ", message)
   quit(save = "no", status = status)
 }
 
 skip <- function(reason) {
-  write_json(list(skipped = reason), request$measurement, auto_unbox = TRUE)
+  if (!is.null(request$measurement)) write_json(list(skipped = reason), request$measurement, auto_unbox = TRUE)
   message("skipped: ", reason)
-  quit(save = "no", status = 0L)
+  quit(save = "no", status = if (equivalence) 4L else 0L)
 }
 
 # The harness's precision vocabulary, from this checkout (bench/precisions.py imports no framework).
@@ -313,6 +331,154 @@ extract <- function(model, x, spec, device) {
        features_dtype = builtins$str(features$dtype))
 }
 
+# What each task's model does by convention (the measurement's and the equivalence check's).
+# ResNet-50, keras/src/applications/resnet.py (residual_block_v1): the stage's stride on the
+# block's first 1x1 conv, every BatchNormalization with epsilon=1.001e-5, pool1 ZeroPadding2D(1)
+# then a 3x3/2 max pool after a ReLU (zeros pad values >= 0: torchvision's padding 1). Adam,
+# keras/src/optimizers/adam.py: epsilon on the uncorrected sqrt(v), the bias correction in the
+# step size; on TensorFlow the Embedding's gradient is a tf.IndexedSlices whose occurrences
+# Adam squares one by one before v sums them per row (as in bench/frameworks/keras_multi.py).
+conventions_for <- function(task, device, state) {
+  if (task == "resnet50")
+    return(list(resnet_conv_bias = TRUE, weights = "random", timing = "timed in R",
+                source = "keras.applications.ResNet50(include_top=False, pooling='avg') from R",
+                resnet_stride = "1x1 (original paper, v1)", bn_epsilon = 1.001e-5,
+                pool1 = "max 3x3, stride 2, padding 1", precision = state))
+  if (task == "cnn")
+    return(list(layout = if (device == "gpu") "NCHW" else "NHWC",
+                init = "glorot_uniform (Keras defaults)", timing = "timed in R",
+                epoch_timing = epoch_timing, precision = state))
+  list(gru_bias = "two vectors per gate (reset_after=True)", gru_biases = 600L,
+       adam_epsilon = "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
+       adam_embedding_v = "sum of each occurrence's squared gradient (tf.IndexedSlices)",
+       timing = "timed in R", epoch_timing = epoch_timing, precision = state)
+}
+
+# ---------------------------------------------------------------- equivalence (issue 12)
+
+# The canonical weight exchange through bench/frameworks/keras_multi.py's conversions (that file
+# runs in the Keras environments; this script in TensorFlow's, whose keras is Keras 3 as well,
+# so it imports them): Conv2D kernels HWIO, Dense kernels (in, out), Embedding (vocab, E), GRU(reset_after=True)
+# kernel (E, 3H), recurrent_kernel (H, 3H), bias (2, 3H) with the gates (z, r, h)
+# (keras/src/layers/rnn/gru.py), fc1's rows in the order Keras's Flatten makes (read from the
+# layer itself: (h, w, c) in Keras 3 whatever the data format), the Keras applications'
+# ResNet50 layer names mapped to torchvision's, its conv biases zero.
+py_run_string(sub("@REPO@", deparse(repo), fixed = TRUE, x = "
+import sys
+sys.path.insert(0, @REPO@)
+import dataclasses
+import numpy as np
+import keras
+from bench import canonical, tasks as bench_tasks
+
+
+def eq_spec(task, hp):
+    '''The check's spec (a dataclass) from the request's hyperparameters.'''
+    base = bench_tasks.SPECS[task]
+    fields = {}
+    for f in dataclasses.fields(base):
+        if f.name in hp:
+            value, default = hp[f.name], getattr(base, f.name)
+            if isinstance(default, tuple):
+                value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            fields[f.name] = value
+    return dataclasses.replace(base, **fields)
+
+
+def eq_load(folder, task, spec):
+    weights = canonical.load(f'{folder}/weights-{task}.npz', task, spec)
+    with np.load(f'{folder}/inputs-{task}.npz', allow_pickle=False) as data:
+        inputs = {name: data[name] for name in data.files}
+    return weights, inputs
+
+
+# Keras's own layout conversions, from the Keras framework file: R builds the same Keras 3
+# models (this environment's keras), so the canonical weights cross the reticulate boundary
+# through the same code.
+from bench.frameworks import keras_multi
+eq_get_weights, eq_set_weights = keras_multi.get_weights, keras_multi.set_weights
+
+
+def eq_checked(model, task, spec):
+    return canonical.check(task, eq_get_weights(model, task), spec, who='r-keras get_weights')
+
+
+def eq_roundtrip(model, task, weights, spec):
+    back = eq_checked(model, task, spec)
+    return max(float(np.max(np.abs(back[n] - weights[n]))) for n in weights)
+
+
+def eq_orders(n, epochs, seed):
+    '''bench.external.epoch_orders: the harness's per-epoch shuffle, runner.Epochs's calls.'''
+    from bench import data as data_mod
+    rng = np.random.default_rng(seed)
+    ids = np.arange(int(n), dtype=np.int64)
+    return np.stack([data_mod.shuffled(ids, ids, rng)[0] for _ in range(int(epochs))])
+
+
+def eq_predict(model, x, batch_size):
+    return np.asarray(model.predict(x, batch_size=int(batch_size), verbose=0), dtype=np.float32)
+
+
+def eq_features(model, x):
+    return np.asarray(model.predict_on_batch(x), dtype=np.float32)
+
+
+def eq_save(path, model, task, spec, logits=None, loss=None, features=None):
+    '''work()'s keys: features, or logits, loss and after/NAME (the weights after training).'''
+    out = {}
+    if features is not None:
+        out['features'] = features
+    else:
+        out['logits'], out['loss'] = logits, np.float64(loss)
+        out.update({f'after/{name}': value for name, value in eq_checked(model, task, spec).items()})
+    np.savez(path, **out)
+"))
+eqpy <- import_main(convert = FALSE)
+
+run_equivalence <- function(device, precision) {
+  folder <- request$folder
+  infos <- list()
+  for (task in request$tasks) {
+    hp <- request$specs[[task]]
+    spec_py <- eqpy$eq_spec(task, hp)
+    loaded <- eqpy$eq_load(folder, task, spec_py)
+    weights <- py_get_item(loaded, 0L)
+    inputs <- py_get_item(loaded, 1L)
+    set_seed(request$seed)
+    model <- switch(task, cnn = build_cnn(hp, device), rnn = build_rnn(hp, device),
+                    resnet50 = build_resnet50(hp, device))
+    eqpy$eq_set_weights(model, task, weights)
+    roundtrip <- py_to_r(eqpy$eq_roundtrip(model, task, weights, spec_py))
+    state <- numerics(model, device, precision)
+    layout <- function(x) if (task == "rnn") x else images_for(x, device)  # images arrive NCHW
+    path <- file.path(folder, sprintf("r-keras-%s.npz", task))
+    if (task == "resnet50") {
+      eqpy$eq_save(path, model, task, spec_py,
+                   features = eqpy$eq_features(model, layout(py_get_item(inputs, "x_eval"))))
+    } else {
+      logits <- eqpy$eq_predict(model, layout(py_get_item(inputs, "x_eval")), hp$batch_size)
+      x_train <- layout(py_get_item(inputs, "x_train"))
+      y_train <- py_get_item(inputs, "y_train")
+      orders_path <- request$epoch_orders[[task]]
+      orders <- if (!is.null(orders_path)) np$load(orders_path) else
+        eqpy$eq_orders(py_get_item(x_train$shape, 0L), as.integer(hp$epochs), as.integer(request$seed))
+      m <- train(model, x_train, y_train, hp, device, orders)  # as the benchmark trains: one fit()
+      eqpy$eq_save(path, model, task, spec_py, logits = logits, loss = tail(m$losses, 1))
+    }
+    infos[[task]] <- list(framework = "r-keras", conventions = conventions_for(task, device, state),
+                          roundtrip = roundtrip)
+  }
+  infos
+}
+
+if (equivalence) {
+  device <- init_device(request$device, request$precision)
+  infos <- tryCatch(run_equivalence(device, request$precision), error = function(e) fail(conditionMessage(e)))
+  cat(toJSON(infos, auto_unbox = TRUE, digits = NA, null = "null"), "\n", sep = "")  # the last stdout line
+  quit(save = "no", status = 0L)
+}
+
 # ---------------------------------------------------------------- the task
 
 device <- init_device(request$device, request$precision)
@@ -333,10 +499,7 @@ result <- tryCatch({
     model <- build_resnet50(spec, device)
     state <- numerics(model, device, request$precision)
     m <- extract(model, arrays$x_test, spec, device)
-    conventions <- list(resnet_conv_bias = TRUE, weights = "random", timing = "timed in R",
-                        source = "keras.applications.ResNet50(include_top=False, pooling='avg') from R",
-                        precision = state)
-    c(m, list(params = count_params(model), conventions = conventions))
+    c(m, list(params = count_params(model), conventions = conventions_for("resnet50", device, state)))
   } else {
     images <- spec$name == "cnn"
     model <- if (images) build_cnn(spec, device) else build_rnn(spec, device)
@@ -346,12 +509,7 @@ result <- tryCatch({
     m <- train(model, x_train, arrays$y_train, spec, device, np$load(request$epoch_orders))
     logits <- model$predict(x_test, batch_size = as.integer(spec$batch_size), verbose = 0L)
     np$save(request$logits, np$asarray(logits, dtype = "float32"))
-    conventions <- if (images) list(layout = if (device == "gpu") "NCHW" else "NHWC",
-                                    init = "glorot_uniform (Keras defaults)", timing = "timed in R",
-                                    epoch_timing = epoch_timing, precision = state)
-                   else list(gru_bias = "two vectors per gate (reset_after=True)", gru_biases = 600L,
-                             timing = "timed in R", epoch_timing = epoch_timing, precision = state)
-    c(m, list(params = count_params(model), conventions = conventions))
+    c(m, list(params = count_params(model), conventions = conventions_for(spec$name, device, state)))
   }
 }, error = function(e) fail(conditionMessage(e)))
 

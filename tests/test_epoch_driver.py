@@ -263,7 +263,7 @@ for task in ("cnn", "rnn"):
 print(json.dumps(out))
 """
 
-KERAS = ["tensorflow", "keras-jax", "keras-torch", "keras-tensorflow"]
+KERAS = ["keras-jax", "keras-torch", "keras-tensorflow"]  # tensorflow.py is TensorFlow's own loop (no fit())
 
 
 @pytest.fixture(scope="module", params=KERAS)

@@ -169,6 +169,16 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     assert not (tmp_path / "out" / "logs").exists()
 
 
+def test_precisions_on_the_command_line_replace_the_matrixs(tmp_path):
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
+                     "--tasks", "cnn", "--precisions", "fp32,amp-bf16,fp32", "--dry-run", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
+    assert planned == ["pytorch__venv__cpu__cnn__fp32__r0__quick", "pytorch__venv__cpu__cnn__amp-bf16__r0__quick"]
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--precisions", "bf16", "--dry-run")
+    assert proc.returncode == 2 and "unknown precision 'bf16' ('bf16' is now 'amp-bf16')" in proc.stderr
+
+
 def test_cli_narrowing_errors(tmp_path):
     proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--frameworks", "theano", "--dry-run")
     assert proc.returncode == 2 and "'theano' is not in" in proc.stderr

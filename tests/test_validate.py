@@ -159,3 +159,12 @@ def test_the_shipped_cpu_baseline_is_valid_and_names_the_variant_venv():
     rnn = next(b for b in doc["bands"] if b["framework"] == "pytorch" and b["task"] == "rnn")
     plain = dict(_run("pytorch", rnn["median"]), device_name="AMD EPYC")  # a `bench run` record: no cell
     assert validate.find_band(doc["bands"], plain) is rnn
+
+
+def test_validate_runs_each_framework_at_every_precision_its_bands_have():
+    bands = [{"framework": "a", "precision": "amp-bf16"}, {"framework": "a", "precision": "fp32"},
+             {"framework": "b", "precision": "fp32"}]
+    assert validate.plan_runs(bands) == [("a", "fp32"), ("a", "amp-bf16"), ("b", "fp32")]
+    assert validate.plan_runs(bands, ["b", "c"]) == [("b", "fp32"), ("c", "fp32")]
+    assert validate.plan_runs([b for b in bands if b["precision"] == "amp-bf16"], ["a", "c"], ["amp-bf16"]) == \
+        [("a", "amp-bf16"), ("c", "amp-bf16")]

@@ -52,7 +52,7 @@ FRAMEWORKS: dict[str, Framework] = {
     fw.name: fw
     for fw in (
         _python("pytorch", "PyTorch", "torch"),
-        _python("tensorflow", "TensorFlow (tf.keras)", "tensorflow",
+        _python("tensorflow", "TensorFlow (tf.Module, GradientTape)", "tensorflow",
                 env={"TF_CPP_MIN_LOG_LEVEL": "2"}),
         _python("mxnet", "MXNet (Gluon)", "mxnet"),
         _python("chainer", "Chainer", "chainer", pip_steps=(

@@ -2,8 +2,23 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics
+     count_params, conventions, numerics, get_weights, set_weights
   2. CNN  3. RNN  4. ResNet-50
+
+Canonical weights (bench/canonical.py, `python -m bench equivalence`), read in Chainer 7.8's source:
+  - L.Convolution2D W is OIHW, L.Linear W is (out, in) and flattens NCHW in (c, h, w) order: the
+    canonical layouts as they are.
+  - L.NStepGRU holds six W and six b per layer (links/rnn/n_step_rnn.py: w0..w5 (out, in),
+    b0..b5); functions/rnn/n_step_gru.py: r = sigmoid(W0 x + W3 h + b0 + b3),
+    z = sigmoid(W1 x + W4 h + b1 + b4), h' = tanh(W2 x + b2 + r * (W5 h + b5)),
+    h = (1 - z) h' + z h: the cuDNN formulation, gates (r, z, n), so weight_ih = [w0; w1; w2],
+    weight_hh = [w3; w4; w5], bias_ih = [b0; b1; b2], bias_hh = [b3; b4; b5].
+  - L.ResNet50Layers (links/model/vision/resnet.py): res2..res5 are torchvision's layer1..layer4,
+    bottleneck a/b1/b2.. its blocks 0/1/2.., conv1..conv3/bn1..bn3 the same, conv4/bn4 the
+    downsample; only the stem conv1 carries a bias (the bottlenecks' convs are nobias=True), held
+    at zero. It is another function than torchvision's by design: the stride 2 of a stage's first
+    bottleneck on the 1x1 conv1 (downsample_fb=False, the MSRA original), BatchNormalization's
+    eps 2e-5, and pool1 a 3x3/2 max pooling with no padding and cover_all (windows start at 0).
 
 Precision (bench/precisions.py) through Chainer's own mechanism, set in init_device:
   - fp32: float32 everywhere; on a GPU TF32 off: CUPY_TF32=0 (CuPy's cuBLAS compute type for
@@ -133,11 +148,19 @@ def conventions(task: str, dev: chainer.backend.Device) -> dict:
         return {"layout": "NCHW", "init": "GlorotUniform weights, zero biases", "fast_path": fast}
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (NStepGRU, cuDNN layout)", "gru_biases": 600,
-                "gru_kernel": "cuDNN" if on_gpu else "NStepGRU on NumPy", "fast_path": fast}
+                "gru_kernel": "cuDNN" if on_gpu else "NStepGRU on NumPy",
+                # optimizers/adam.py: alpha_t carries the bias corrections, eps is added to sqrt(v)
+                "adam_epsilon": "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
+                "adam_embedding_v": "square of the row's gradient (dense)",
+                "fast_path": fast}
     return {"resnet_conv_bias": False, "weights": "random (HeNormal)",
             "source": "chainer.links.ResNet50Layers(pretrained_model=None), features at pool5; "
                       "fc6 unused and conv1's bias held at zero",
-            "fast_path": fast}
+            # links/model/vision/resnet.py: BottleneckA(downsample_fb=False) puts the stride on
+            # conv1 (1x1); BatchNormalization(eps=2e-5); pool1 max_pooling_2d(ksize=3, stride=2)
+            # (pad 0, cover_all=True)
+            "resnet_stride": "1x1 (original paper, v1)", "bn_epsilon": 2e-5,
+            "pool1": "max 3x3, stride 2, padding 0, cover_all", "fast_path": fast}
 
 
 def _one(dtypes) -> str:
@@ -231,6 +254,59 @@ def numerics(task: str, model: Model, dev: chainer.backend.Device) -> dict:
         read_back=read_back, switches=switches)
 
 
+def get_weights(model: Model, task: str) -> dict:
+    """The model's weights in the canonical layout of bench/canonical.py, float32 NumPy arrays
+    (a float16 parameter's float32 master copy where the optimizer keeps one)."""
+    return {name: np.asarray(value, dtype=np.float32)
+            for name, value in _WEIGHTS[task][0](model.net).items()}
+
+
+def set_weights(model: Model, task: str, weights: dict) -> None:
+    """Load canonical weights (bench/canonical.py) into the model (and its mixed16 copy); the
+    optimizer's state (momentum, Adam's moments and step count, float32 masters) is cleared, so
+    training starts from these weights afresh."""
+    targets = _WEIGHTS[task][1](model.net)  # [(canonical name, the array written, the conversion)]
+    names = {name for name, _, _ in targets}
+    missing = sorted(names - set(weights))
+    extra = sorted(set(weights) - names)
+    if missing or extra:
+        raise ValueError(f"{NAME} set_weights({task!r}): missing {missing[:5]}, "
+                         f"not in the layout {extra[:5]}")
+    for name, array, convert in targets:
+        value = convert(np.asarray(weights[name], dtype=np.float32))
+        if value.shape != array.shape:
+            raise ValueError(f"{NAME} set_weights({task!r}): {name} gives shape {value.shape}, "
+                             f"the model's is {array.shape}")
+        array[...] = model.device.send(value.astype(array.dtype))
+    if task == "resnet50":
+        for _, conv, _, _, _ in _resnet50_layers(model.net):
+            if conv.b is not None:
+                conv.b.array[...] = 0  # the canonical ResNet-50 has no conv bias
+        if model.compute is not None:
+            model.compute.copyparams(model.net)  # the mixed16 copy that computes
+    if model.optimizer is not None:
+        model.optimizer.t = 0
+        for param in model.net.params():
+            rule = param.update_rule
+            if rule is not None:
+                rule._state, rule.t, rule._fp32_param = None, 0, None  # remade at the next update
+
+
+def _host(array) -> np.ndarray:
+    return np.array(chainer.backends.cuda.to_cpu(array))  # a copy on the host
+
+
+def _value(param: chainer.Parameter) -> np.ndarray:
+    """A parameter's value on the host: its float32 master where the optimizer keeps one."""
+    rule = getattr(param, "update_rule", None)
+    master = getattr(rule, "_fp32_param", None) if rule is not None else None
+    return _host((master if master is not None else param).array)
+
+
+def _same(value: np.ndarray) -> np.ndarray:
+    return value
+
+
 def _optimizer(optimizer: chainer.Optimizer, net: chainer.Chain) -> chainer.Optimizer:
     optimizer.setup(net)
     if _run["mixed16"]:
@@ -281,6 +357,25 @@ def build_cnn(spec, dev: chainer.backend.Device) -> Model:
     net.to_device(dev)
     optimizer = _optimizer(optimizers.MomentumSGD(lr=spec.lr, momentum=spec.momentum), net)
     return Model(net, optimizer, dev)
+
+
+def _cnn_params(net: CNN) -> dict:
+    """Canonical name -> the parameter: Convolution2D W is OIHW, Linear W (out, in), and fc1
+    flattens the NCHW conv output in (c, h, w) order, as the canonical layout does."""
+    out = {}
+    for name in ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2"):
+        layer = getattr(net, name)
+        out[f"{name}.weight"], out[f"{name}.bias"] = layer.W, layer.b
+    return out
+
+
+def _cnn_weights(net: CNN) -> dict:
+    return {name: _value(param) for name, param in _cnn_params(net).items()}
+
+
+def _set_cnn_weights(net: CNN) -> list:
+    """[(canonical name, the array it is written into, canonical -> Chainer layout)]."""
+    return [(name, param.array, _same) for name, param in _cnn_params(net).items()]
 
 
 def train_cnn_epoch(model: Model, batches, spec) -> float:
@@ -338,6 +433,34 @@ def build_rnn(spec, dev: chainer.backend.Device) -> Model:
     return Model(net, optimizer, dev)
 
 
+def _rnn_weights(net: GRUClassifier) -> dict:
+    """NStepGRU's six W (H, in) and six b (H,) of its one layer stacked into cuDNN's (r, z, n)
+    blocks: w0..w2 / b0..b2 act on the input, w3..w5 / b3..b5 on the hidden state."""
+    w = [_value(p) for p in net.gru.ws[0]]
+    b = [_value(p) for p in net.gru.bs[0]]
+    return {"embedding.weight": _value(net.embedding.W),
+            "gru.weight_ih": np.concatenate(w[0:3]), "gru.weight_hh": np.concatenate(w[3:6]),
+            "gru.bias_ih": np.concatenate(b[0:3]), "gru.bias_hh": np.concatenate(b[3:6]),
+            "fc.weight": _value(net.dense.W), "fc.bias": _value(net.dense.b)}
+
+
+def _gate(index: int):
+    """Canonical (3H, ...) -> the index-th gate's (H, ...) block (0 r, 1 z, 2 n)."""
+    return lambda value: value.reshape((3, -1) + value.shape[1:])[index]
+
+
+def _set_rnn_weights(net: GRUClassifier) -> list:
+    """[(canonical name, the array written, the conversion)]: each canonical GRU array split by
+    gate into NStepGRU's w0..w5 / b0..b5."""
+    out = [("embedding.weight", net.embedding.W.array, _same),
+           ("fc.weight", net.dense.W.array, _same), ("fc.bias", net.dense.b.array, _same)]
+    for kind, first in (("ih", 0), ("hh", 3)):
+        for gate in range(3):
+            out.append((f"gru.weight_{kind}", net.gru.ws[0][first + gate].array, _gate(gate)))
+            out.append((f"gru.bias_{kind}", net.gru.bs[0][first + gate].array, _gate(gate)))
+    return out
+
+
 def train_rnn_epoch(model: Model, batches, spec) -> float:
     return _train_epoch(model, batches)
 
@@ -360,6 +483,63 @@ def build_resnet50(spec, dev: chainer.backend.Device) -> Model:
         compute.to_device(dev)
     net.to_device(dev)
     return Model(net, None, dev, frozen=("/fc6/", "/conv1/b"), compute=compute)
+
+
+def _resnet50_layers(net: L.ResNet50Layers) -> list:
+    """[(torchvision conv name, Convolution2D, torchvision batch-norm name, BatchNormalization,
+    Chainer's path of the conv)] by structure: conv1/bn1, then res2..res5 = layer1..layer4,
+    whose bottlenecks a, b1, b2, ... are blocks 0, 1, 2, ...; a bottleneck's conv1..conv3 and
+    bn1..bn3 keep their names and BottleneckA's shortcut conv4/bn4 is the downsample (.0 the
+    conv, .1 the batch norm)."""
+    out = [("conv1", net.conv1, "bn1", net.bn1, "/conv1")]
+    for stage in range(1, 5):
+        block = getattr(net, f"res{stage + 1}")
+        for index, name in enumerate(block._forward):  # ["a", "b1", "b2", ...], the order it runs
+            bottleneck = getattr(block, name)
+            prefix, path = f"layer{stage}.{index}", f"/res{stage + 1}/{name}"
+            for i in (1, 2, 3):
+                out.append((f"{prefix}.conv{i}", getattr(bottleneck, f"conv{i}"),
+                            f"{prefix}.bn{i}", getattr(bottleneck, f"bn{i}"), f"{path}/conv{i}"))
+            if hasattr(bottleneck, "conv4"):
+                out.append((f"{prefix}.downsample.0", bottleneck.conv4,
+                            f"{prefix}.downsample.1", bottleneck.bn4, f"{path}/conv4"))
+    return out
+
+
+def _resnet50_weights(net: L.ResNet50Layers) -> dict:
+    """Canonical (torchvision) name -> value; ValueError when a conv bias is not zero (Chainer's
+    conv1 has one: only at zero is it the canonical function)."""
+    out = {}
+    for conv_name, conv, bn_name, bn, path in _resnet50_layers(net):
+        if conv.b is not None:
+            bias = _host(conv.b.array)
+            if np.any(bias != 0):
+                raise ValueError(f"{NAME} ResNet-50 {conv_name} (Chainer's {path}/b) has a conv "
+                                 f"bias that is not zero (largest |b| {float(np.max(np.abs(bias))):.3g}): "
+                                 "not the canonical function, which has no conv bias")
+        out[f"{conv_name}.weight"] = _value(conv.W)
+        out[f"{bn_name}.weight"], out[f"{bn_name}.bias"] = _value(bn.gamma), _value(bn.beta)
+        out[f"{bn_name}.running_mean"] = _host(bn.avg_mean)
+        out[f"{bn_name}.running_var"] = _host(bn.avg_var)
+    return out
+
+
+def _set_resnet50_weights(net: L.ResNet50Layers) -> list:
+    """[(canonical name, the array written, the conversion)]: Convolution2D W is OIHW as in
+    torchvision; BatchNormalization gamma, beta, avg_mean, avg_var are weight, bias,
+    running_mean, running_var."""
+    out = []
+    for conv_name, conv, bn_name, bn, _ in _resnet50_layers(net):
+        out += [(f"{conv_name}.weight", conv.W.array, _same),
+                (f"{bn_name}.weight", bn.gamma.array, _same), (f"{bn_name}.bias", bn.beta.array, _same),
+                (f"{bn_name}.running_mean", bn.avg_mean, _same),
+                (f"{bn_name}.running_var", bn.avg_var, _same)]
+    return out
+
+
+# task -> (get: the canonical weights, set: where each canonical array goes)
+_WEIGHTS = {"cnn": (_cnn_weights, _set_cnn_weights), "rnn": (_rnn_weights, _set_rnn_weights),
+            "resnet50": (_resnet50_weights, _set_resnet50_weights)}
 
 
 def extract_features(model: Model, x: np.ndarray) -> np.ndarray:

@@ -2,9 +2,16 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics
+     count_params, conventions, numerics, get_weights, set_weights
   2. CNN  3. RNN  4. ResNet-50
 Flax ships no model zoo, so ResNet-50 is written here (torchvision's layout, NHWC).
+
+The canonical weights (bench/canonical.py; `python -m bench equivalence`): get_weights and
+set_weights convert Flax's layouts to and from the canonical one by transposes and reshapes only:
+Conv kernels HWIO <-> OIHW, Dense kernels (in, out) <-> (out, in), the CNN's first Dense kernel's
+rows from this file's NHWC flatten (h, w, c) <-> canonical (c, h, w), the GRU's fused kernels
+(gates r, z, n, the order of this file's jnp.split) transposed, batch norm scale/bias and
+batch_stats mean/var <-> weight/bias/running_mean/running_var.
 
 Precision (bench/precisions.py): every module computes in the compute dtype of the precision
 (Flax's `dtype`) and keeps float32 parameters (`param_dtype`), which Optax updates (the fp32
@@ -25,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench import precisions
+from bench import canonical, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
@@ -150,10 +157,16 @@ def conventions(task: str, dev) -> dict:
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (input and hidden, cuDNN layout), GRU written "
                             "with lax.scan (Flax's GRUCell has a third layout)",
-                "gru_biases": 600, "gru_kernel": "XLA (lax.scan)", "fast_path": fast}
+                "gru_biases": 600, "gru_kernel": "XLA (lax.scan)",
+                "adam_epsilon": "sqrt(v_hat) + eps (Kingma & Ba Algorithm 1)",  # optax.scale_by_adam
+                "adam_embedding_v": "square of the row's gradient (dense)",
+                "fast_path": fast}
     return {"resnet_conv_bias": False, "weights": "random", "layout": "NHWC",
             "source": "ResNet-50 written in Flax (torchvision layout, stride on the 3x3 conv)",
-            "fast_path": fast}
+            # Bottleneck below: the stride-2 of a stage's first block is on its 3x3 conv (and the
+            # projection shortcut), as torchvision's; every nn.BatchNorm has epsilon=1e-5.
+            "resnet_stride": "3x3 (torchvision, v1.5)", "bn_epsilon": 1e-5,
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast}
 
 
 def numerics(task: str, model: Model, dev) -> dict:
@@ -194,6 +207,60 @@ def numerics(task: str, model: Model, dev) -> dict:
                             loss_scaling=loss_scaling, mechanism=mechanism,
                             read_back=["tf32", "compute_dtype", "param_dtype"], switches=switches,
                             loss_scaler=scaler)
+
+
+# The canonical weight exchange. Each task's section has a table of rows (canonical name, path
+# of the Flax variable: collection first, converter); a converter is a pair of functions
+# (Flax array -> canonical array, canonical array -> Flax array), transposes and reshapes only,
+# so set_weights then get_weights gives the same bits back.
+_SAME = (lambda a: a, lambda a: a)
+_CONV = (lambda k: k.transpose(3, 2, 0, 1), lambda w: w.transpose(2, 3, 1, 0))  # HWIO <-> OIHW
+_DENSE = (lambda k: k.T, lambda w: w.T)  # (in, out) <-> (out, in)
+
+
+def get_weights(model: Model, task: str) -> dict:
+    """The model's weights in the canonical layout of `task` (bench/canonical.py): float32 NumPy
+    arrays under the canonical names, in the canonical order."""
+    variables = _flat_variables(model)
+    return {name: np.ascontiguousarray(to_canonical(np.asarray(variables[path], dtype=np.float32)))
+            for name, path, (to_canonical, _) in _weight_table(model, task)}
+
+
+def set_weights(model: Model, task: str, weights: dict) -> None:
+    """Load canonical weights of `task` (exactly the canonical names and shapes) into the model;
+    the optimizer state (and the loss scale) start again as a fresh build's."""
+    table = _weight_table(model, task)
+    weights = canonical.check(task, weights, getattr(model.module, "spec", None), who=f"{NAME}.set_weights")
+    variables = _flat_variables(model)
+    for name, path, (_, from_canonical) in table:
+        value = np.ascontiguousarray(from_canonical(weights[name]))
+        if value.shape != tuple(variables[path].shape):
+            raise ValueError(f"{NAME}.set_weights: {name} {weights[name].shape} becomes {value.shape}, "
+                             f"but {'/'.join(path)} is {tuple(variables[path].shape)}")
+        variables[path] = value
+    collections = flax.traverse_util.unflatten_dict(variables)
+    model.params = jax.device_put(collections["params"], model.dev)
+    if model.batch_stats is not None:
+        model.batch_stats = jax.device_put(collections["batch_stats"], model.dev)
+    if model.tx is not None:  # Optax's slots (momentum, Adam's moments and count) from zero
+        model.opt_state = jax.device_put(model.tx.init(model.params), model.dev)
+        if model.loss_scale is not None:
+            model.loss_scale = jax.device_put(_initial_loss_scale(), model.dev)
+
+
+def _flat_variables(model: Model) -> dict:
+    """{(collection, module, ..., leaf): array} of the model's params and batch_stats."""
+    variables = {"params": model.params}
+    if model.batch_stats is not None:
+        variables["batch_stats"] = model.batch_stats
+    return dict(flax.traverse_util.flatten_dict(variables))
+
+
+def _weight_table(model: Model, task: str) -> list:
+    tables = {"cnn": _cnn_table, "rnn": _rnn_table, "resnet50": _resnet50_table}
+    if task not in tables:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(tables)}")
+    return tables[task](model)
 
 
 def _initial_loss_scale() -> dict:
@@ -273,6 +340,25 @@ class CNN(nn.Module):
         x = nn.relu(dense(s.dense_units)(x))
         x = nn.Dropout(s.dense_dropout, deterministic=not train)(x)
         return dense(s.classes)(x)
+
+
+def _cnn_table(model: Model) -> list:
+    """Flax's auto-names: Conv_0..Conv_3, Dense_0 (fc1), Dense_1 (fc2). fc1's kernel rows follow
+    the flatten of NHWC (h, w, c); canonical fc1.weight's columns are (c, h, w)."""
+    s = model.module.spec
+    rows = []
+    for i in range(4):
+        rows += [(f"conv{i + 1}.weight", ("params", f"Conv_{i}", "kernel"), _CONV),
+                 (f"conv{i + 1}.bias", ("params", f"Conv_{i}", "bias"), _SAME)]
+    channels, height, width = s.conv_channels[-1], s.image_shape[1] // 4, s.image_shape[2] // 4
+    units = s.dense_units
+    fc1 = (lambda k: k.reshape(height, width, channels, units).transpose(3, 2, 0, 1).reshape(units, -1),
+           lambda w: w.reshape(units, channels, height, width).transpose(2, 3, 1, 0).reshape(-1, units))
+    rows += [("fc1.weight", ("params", "Dense_0", "kernel"), fc1),
+             ("fc1.bias", ("params", "Dense_0", "bias"), _SAME),
+             ("fc2.weight", ("params", "Dense_1", "kernel"), _DENSE),
+             ("fc2.bias", ("params", "Dense_1", "bias"), _SAME)]
+    return rows
 
 
 def build_cnn(spec, dev) -> Model:
@@ -358,6 +444,19 @@ class GRUClassifier(nn.Module):
         return nn.Dense(s.classes, dtype=self.dtype, param_dtype=jnp.float32)(outputs[:, -1])
 
 
+def _rnn_table(model: Model) -> list:
+    """Embed_0, GRU_0 (its "input" Dense: kernel (E, 3H) and the input biases; hidden_kernel
+    (H, 3H), hidden_bias), Dense_0. Both kernels' columns are the gates (r, z, n), the order
+    GRU.step splits them in: canonical weight_ih/weight_hh are their transposes."""
+    return [("embedding.weight", ("params", "Embed_0", "embedding"), _SAME),
+            ("gru.weight_ih", ("params", "GRU_0", "input", "kernel"), _DENSE),
+            ("gru.weight_hh", ("params", "GRU_0", "hidden_kernel"), _DENSE),
+            ("gru.bias_ih", ("params", "GRU_0", "input", "bias"), _SAME),
+            ("gru.bias_hh", ("params", "GRU_0", "hidden_bias"), _SAME),
+            ("fc.weight", ("params", "Dense_0", "kernel"), _DENSE),
+            ("fc.bias", ("params", "Dense_0", "bias"), _SAME)]
+
+
 def build_rnn(spec, dev) -> Model:
     module = GRUClassifier(spec, dtype=_PRECISION["dtype"])
     example = jnp.zeros((1, spec.seq_len), jnp.int32)
@@ -411,6 +510,31 @@ class ResNet50(nn.Module):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = Bottleneck(filters, strides, project=block == 0, dtype=self.dtype)(x, train)
         return jnp.mean(x, axis=(1, 2))  # global average pooling: 2,048 features
+
+
+def _resnet50_table(model: Model) -> list:
+    """torchvision's names from this file's structure: the stem Conv_0/BatchNorm_0, then
+    Bottleneck_0..15 stage by stage, each with Conv_0..2/BatchNorm_0..2 (1x1, 3x3, 1x1) and, in
+    a stage's first block, the projection Conv_3/BatchNorm_3 (torchvision's downsample.0/.1)."""
+    def bn(name, *path):
+        return [(f"{name}.weight", ("params", *path, "scale"), _SAME),
+                (f"{name}.bias", ("params", *path, "bias"), _SAME),
+                (f"{name}.running_mean", ("batch_stats", *path, "mean"), _SAME),
+                (f"{name}.running_var", ("batch_stats", *path, "var"), _SAME)]
+
+    rows = [("conv1.weight", ("params", "Conv_0", "kernel"), _CONV)] + bn("bn1", "BatchNorm_0")
+    index = 0
+    for stage, blocks in enumerate(canonical.RESNET_BLOCKS, 1):
+        for b in range(blocks):
+            prefix, block = f"layer{stage}.{b}", f"Bottleneck_{index}"
+            for i in range(3):
+                rows.append((f"{prefix}.conv{i + 1}.weight", ("params", block, f"Conv_{i}", "kernel"), _CONV))
+                rows += bn(f"{prefix}.bn{i + 1}", block, f"BatchNorm_{i}")
+            if b == 0:
+                rows.append((f"{prefix}.downsample.0.weight", ("params", block, "Conv_3", "kernel"), _CONV))
+                rows += bn(f"{prefix}.downsample.1", block, "BatchNorm_3")
+            index += 1
+    return rows
 
 
 def build_resnet50(spec, dev) -> Model:

@@ -2,7 +2,7 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics
+     count_params, conventions, numerics, get_weights, set_weights
   2. CNN  3. RNN  4. ResNet-50
 The matrix entries keras-jax, keras-torch and keras-tensorflow share this file; the
 environment variable KERAS_BACKEND, set by the registry before import, picks the engine.
@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 import keras
-from bench import precisions
+from bench import canonical, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 
 BACKEND = keras.backend.backend()
@@ -258,12 +258,29 @@ def conventions(task: str, dev: str) -> dict:
         return {"layout": layout, "init": "glorot_uniform weights, zero biases (Keras defaults)",
                 "fast_path": [fit], "epoch_timing": EPOCH_TIMING}
     if task == "rnn":
-        return {"gru_bias": "two vectors per gate (reset_after=True, cuDNN layout)", "gru_biases": 600,
-                "gru_kernel": f"Keras GRU on {BACKEND} (cuDNN where the backend offers it)",
-                "fast_path": [fit], "epoch_timing": EPOCH_TIMING}
+        # keras/src/optimizers/adam.py update_step: alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t),
+        # variable -= alpha * m / (sqrt(v) + epsilon): epsilon on the uncorrected sqrt(v).
+        out = {"gru_bias": "two vectors per gate (reset_after=True, cuDNN layout)", "gru_biases": 600,
+               "gru_kernel": f"Keras GRU on {BACKEND} (cuDNN where the backend offers it)",
+               "adam_epsilon": "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
+               "fast_path": [fit], "epoch_timing": EPOCH_TIMING}
+        if BACKEND == "tensorflow":
+            # The Embedding's gradient is a tf.IndexedSlices, one row per token occurrence; Adam's
+            # ops.square squares each occurrence (keras/src/backend/tensorflow/sparse.py,
+            # elementwise_unary) before v's update sums them per row: v gets the sum of squares of
+            # a row's occurrences, not the square of its summed gradient (JAX, torch: dense).
+            out["adam_embedding_v"] = "sum of each occurrence's squared gradient (tf.IndexedSlices)"
+        else:
+            out["adam_embedding_v"] = "square of the row's gradient (dense)"
+        return out
+    # keras/src/applications/resnet.py, residual_block_v1: the stage's stride on the block's
+    # first 1x1 conv (and its shortcut), every BatchNormalization with epsilon=1.001e-5; pool1 is
+    # ZeroPadding2D(1) then MaxPooling2D(3, strides=2) after the stem's ReLU, so the zeros pad
+    # values >= 0: torchvision's max pooling with padding 1.
     return {"resnet_conv_bias": True, "weights": "random", "layout": layout,
             "source": "keras.applications.ResNet50(include_top=False, pooling='avg')",
-            "fast_path": ["predict_on_batch"]}
+            "resnet_stride": "1x1 (original paper, v1)", "bn_epsilon": 1.001e-5,
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": ["predict_on_batch"]}
 
 
 def _one(dtypes) -> str:
@@ -320,6 +337,54 @@ def numerics(task: str, model, dev: str) -> dict:
         param_dtype=_one(v.dtype for v in model.trainable_weights),
         loss_scaling=loss_scaling, loss_scaler=loss_scaler, mechanism="; ".join(mechanism),
         read_back=read_back, switches=switches)
+
+
+# The canonical weight exchange (bench/canonical.py; `python -m bench equivalence`). Keras's
+# layouts, the same on every backend (a Keras variable has one shape whatever the engine): Conv2D
+# kernels HWIO (kh, kw, in, out) in either data format, Dense kernels (in, out), Embedding
+# (vocab, E), GRU(reset_after=True) kernel (E, 3H), recurrent_kernel (H, 3H) and bias (2, 3H)
+# with the gates in the order (z, r, h) (keras/src/layers/rnn/gru.py: x_z = kernel[:, :units],
+# x_r = kernel[:, units:2 units], x_h = kernel[:, 2 units:]; h = z * h_tm1 + (1 - z) * hh, the
+# canonical formula). Each task's conversion is in its own section.
+
+def get_weights(model, task: str) -> dict:
+    """The model's weights in the canonical layout of task (float32 numpy arrays)."""
+    return _WEIGHTS[task][0](model)
+
+
+def set_weights(model, task: str, weights: dict) -> None:
+    """Loads canonical weights into the model; an optimizer that already holds state (slots
+    built by a training step) is reset, so that training starts from these weights alone."""
+    _WEIGHTS[task][1](model, weights)
+    _reset_optimizer(model)
+
+
+def _numpy(variable) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+
+
+def _assign(variable, value: np.ndarray) -> None:
+    value = np.ascontiguousarray(value, dtype=np.float32)
+    if tuple(variable.shape) != value.shape:
+        raise ValueError(f"{variable.path}: shape {tuple(variable.shape)}, the weights give {value.shape}")
+    variable.assign(value)
+
+
+def _reset_optimizer(model) -> None:
+    """Every optimizer variable but the learning rate back to zero (the step count included),
+    if the optimizer was built; an unbuilt one builds its zero slots at the first step."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not optimizer.built:
+        return
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer: its scale stays
+    learning_rate = getattr(inner, "_learning_rate", None)
+    for variable in inner.variables:
+        if variable is not learning_rate:
+            variable.assign(np.zeros(tuple(variable.shape), keras.backend.standardize_dtype(variable.dtype)))
+
+
+def _layers(model, kind) -> list:
+    return [layer for layer in model.layers if isinstance(layer, kind)]
 
 
 def _optimizer(optimizer):
@@ -429,6 +494,50 @@ def _train_epochs(model, epochs, spec) -> None:
               shuffle=False, verbose=0, callbacks=[_EpochClock(epochs)])
 
 
+def _flatten_order(model) -> np.ndarray:
+    """order[j]: the canonical (c, h, w) column of fc1 that the Keras Flatten's output j holds.
+    Read from the model's own Flatten on an index image laid out as its last convolution's data
+    format: Keras 3's Flatten moves channels last before flattening even in channels_first
+    (keras/src/layers/reshaping/flatten.py), so both formats flatten (h, w, c) today; the probe
+    follows whatever the layer does."""
+    conv = _layers(model, keras.layers.Conv2D)[-1]
+    flatten = _layers(model, keras.layers.Flatten)[0]
+    fc1 = _layers(model, keras.layers.Dense)[0]
+    channels = int(conv.filters)
+    hw = int(fc1.kernel.shape[0]) // channels  # the pooled image's height x width
+    side = int(round(hw ** 0.5))
+    # integers: a float index would be cast to the layer's compute dtype (inexact in bfloat16)
+    index = np.arange(channels * side * side, dtype=np.int32).reshape(1, channels, side, side)
+    if conv.data_format == "channels_last":
+        index = index.transpose(0, 2, 3, 1)
+    return np.asarray(keras.ops.convert_to_numpy(flatten(index)))[0].astype(np.int64)
+
+
+def _cnn_weights(model) -> dict:
+    out = {}
+    for i, conv in enumerate(_layers(model, keras.layers.Conv2D), 1):
+        out[f"conv{i}.weight"] = _numpy(conv.kernel).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        out[f"conv{i}.bias"] = _numpy(conv.bias)
+    fc1, fc2 = _layers(model, keras.layers.Dense)
+    kernel = _numpy(fc1.kernel)  # (in, out), rows in the Flatten's order
+    weight = np.empty(kernel.T.shape, np.float32)
+    weight[:, _flatten_order(model)] = kernel.T  # columns in the canonical (c, h, w) order
+    out["fc1.weight"], out["fc1.bias"] = weight, _numpy(fc1.bias)
+    out["fc2.weight"], out["fc2.bias"] = _numpy(fc2.kernel).T, _numpy(fc2.bias)
+    return out
+
+
+def _set_cnn_weights(model, w: dict) -> None:
+    for i, conv in enumerate(_layers(model, keras.layers.Conv2D), 1):
+        _assign(conv.kernel, w[f"conv{i}.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        _assign(conv.bias, w[f"conv{i}.bias"])
+    fc1, fc2 = _layers(model, keras.layers.Dense)
+    _assign(fc1.kernel, w["fc1.weight"][:, _flatten_order(model)].T)
+    _assign(fc1.bias, w["fc1.bias"])
+    _assign(fc2.kernel, w["fc2.weight"].T)
+    _assign(fc2.bias, w["fc2.bias"])
+
+
 # ---------------------------------------------------------------- 3. RNN
 
 def build_rnn(spec, dev: str):
@@ -459,6 +568,48 @@ def predict_rnn(model, x: np.ndarray, spec) -> np.ndarray:
     return model.predict(x, batch_size=spec.batch_size, verbose=0)
 
 
+# Keras's gate blocks (z, r, h) against the canonical (r, z, n): the same permutation both ways.
+_GRU_TO_KERAS = (1, 0, 2)
+
+
+def _gates(matrix: np.ndarray, axis: int) -> np.ndarray:
+    """The three gate blocks along axis swapped between Keras's (z, r, h) and (r, z, n)."""
+    blocks = np.split(matrix, 3, axis=axis)
+    return np.concatenate([blocks[g] for g in _GRU_TO_KERAS], axis=axis)
+
+
+def _rnn_layers(model):
+    embedding = _layers(model, keras.layers.Embedding)[0]
+    gru = _layers(model, keras.layers.GRU)[0]
+    if not gru.cell.reset_after:
+        raise ValueError(f"{gru.name}: reset_after=False is not the canonical (cuDNN) GRU")
+    return embedding, gru.cell, _layers(model, keras.layers.Dense)[0]
+
+
+def _rnn_weights(model) -> dict:
+    embedding, cell, fc = _rnn_layers(model)
+    bias = _numpy(cell.bias)  # (2, 3H): input bias, recurrent bias
+    return {
+        "embedding.weight": _numpy(embedding.embeddings),
+        "gru.weight_ih": _gates(_numpy(cell.kernel).T, 0),
+        "gru.weight_hh": _gates(_numpy(cell.recurrent_kernel).T, 0),
+        "gru.bias_ih": _gates(bias[0], 0),
+        "gru.bias_hh": _gates(bias[1], 0),
+        "fc.weight": _numpy(fc.kernel).T,
+        "fc.bias": _numpy(fc.bias),
+    }
+
+
+def _set_rnn_weights(model, w: dict) -> None:
+    embedding, cell, fc = _rnn_layers(model)
+    _assign(embedding.embeddings, w["embedding.weight"])
+    _assign(cell.kernel, _gates(w["gru.weight_ih"], 0).T)
+    _assign(cell.recurrent_kernel, _gates(w["gru.weight_hh"], 0).T)
+    _assign(cell.bias, np.stack([_gates(w["gru.bias_ih"], 0), _gates(w["gru.bias_hh"], 0)]))
+    _assign(fc.kernel, w["fc.weight"].T)
+    _assign(fc.bias, w["fc.bias"])
+
+
 # ---------------------------------------------------------------- 4. ResNet-50
 
 def build_resnet50(spec, dev: str):
@@ -471,3 +622,53 @@ def build_resnet50(spec, dev: str):
 def extract_features(model, x: np.ndarray) -> np.ndarray:
     # float32 features whatever the compute dtype (under mixed_bfloat16 the pooled output is bf16)
     return np.asarray(model.predict_on_batch(x), dtype=np.float32)
+
+
+# keras.applications' ResNet50 (keras/src/applications/resnet.py): stem conv1_conv / conv1_bn;
+# stage s (torchvision layer s) is conv{s+1}, its block b (from 0) conv{s+1}_block{b+1}, with
+# _1_conv 1x1, _2_conv 3x3, _3_conv 1x1 (torchvision conv1, conv2, conv3) and, in the first
+# block, the projection shortcut _0_conv / _0_bn (torchvision downsample.0 / downsample.1).
+# Every Conv2D has a bias there; the canonical function has none: they are set to zero.
+def _resnet50_pairs():
+    """(canonical conv, Keras conv layer, canonical batch norm, Keras batch-norm layer)."""
+    yield "conv1", "conv1_conv", "bn1", "conv1_bn"
+    for stage, blocks in enumerate(canonical.RESNET_BLOCKS, 1):
+        for b in range(blocks):
+            ours, theirs = f"layer{stage}.{b}", f"conv{stage + 1}_block{b + 1}"
+            for i in (1, 2, 3):
+                yield f"{ours}.conv{i}", f"{theirs}_{i}_conv", f"{ours}.bn{i}", f"{theirs}_{i}_bn"
+            if b == 0:
+                yield f"{ours}.downsample.0", f"{theirs}_0_conv", f"{ours}.downsample.1", f"{theirs}_0_bn"
+
+
+_BN_PARTS = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+             ("running_var", "moving_variance"))
+
+
+def _resnet50_weights(model) -> dict:
+    out = {}
+    for conv, conv_layer, bn, bn_layer in _resnet50_pairs():
+        layer = model.get_layer(conv_layer)
+        if layer.use_bias and np.any(_numpy(layer.bias) != 0):
+            raise ValueError(f"{conv_layer}: its convolution bias is not zero, so this is not the "
+                             "canonical (bias-free) ResNet-50")
+        out[f"{conv}.weight"] = _numpy(layer.kernel).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        layer = model.get_layer(bn_layer)
+        for ours, theirs in _BN_PARTS:
+            out[f"{bn}.{ours}"] = _numpy(getattr(layer, theirs))
+    return out
+
+
+def _set_resnet50_weights(model, w: dict) -> None:
+    for conv, conv_layer, bn, bn_layer in _resnet50_pairs():
+        layer = model.get_layer(conv_layer)
+        _assign(layer.kernel, w[f"{conv}.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        if layer.use_bias:
+            _assign(layer.bias, np.zeros(tuple(layer.bias.shape), np.float32))
+        layer = model.get_layer(bn_layer)
+        for ours, theirs in _BN_PARTS:
+            _assign(getattr(layer, theirs), w[f"{bn}.{ours}"])
+
+
+_WEIGHTS = {"cnn": (_cnn_weights, _set_cnn_weights), "rnn": (_rnn_weights, _set_rnn_weights),
+            "resnet50": (_resnet50_weights, _set_resnet50_weights)}

@@ -2,8 +2,16 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics
+     count_params, conventions, numerics, get_weights, set_weights
   2. CNN  3. RNN  4. ResNet-50
+
+The canonical weights (bench/canonical.py; `python -m bench equivalence`): MXNet's layouts are
+the canonical ones, so get_weights and set_weights copy arrays by name: Conv2D weights OIHW,
+Dense weights (out, in) after Flatten of NCHW ((c, h, w) order), gluon.rnn.GRU's l0_i2h_weight
+(3H, E), l0_h2h_weight (3H, H), l0_i2h_bias, l0_h2h_bias with the gates in cuDNN's order (r, z, n:
+rnn_impl.h indexes r, z, n at 0, H, 2H), batch norm gamma/beta/running_mean/running_var. The
+zoo's ResNet-50 names are mapped to torchvision's by structure (stage, block, conv, downsample);
+its 1x1 bottleneck conv biases are set to zero and must read back as zero.
 
 Precision (bench/precisions.py): amp-fp16 (GPU) and amp-bf16 (CPU, oneDNN) are MXNet's AMP,
 amp.init(target_dtype) before any network is built: its operator lists cast the inputs of
@@ -27,7 +35,7 @@ from mxnet.contrib import amp
 from mxnet.gluon import nn, rnn
 from mxnet.gluon.model_zoo import vision
 
-from bench import precisions
+from bench import canonical, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
@@ -149,10 +157,17 @@ def conventions(task: str, ctx: mx.Context) -> dict:
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (i2h and h2h, cuDNN layout)", "gru_biases": 600,
                 "gru_kernel": "cuDNN (fused RNN op)" if ctx.device_type == "gpu" else "fused RNN op (CPU)",
+                # optimizer.Adam folds the bias corrections into lr, then adam_update adds eps to sqrt(v)
+                "adam_epsilon": "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
+                "adam_embedding_v": "square of the row's gradient (dense)",
                 "fast_path": fast}
     return {"resnet_conv_bias": False, "weights": "random",
             "source": "gluon.model_zoo.vision.resnet50_v1 features + Flatten; the zoo's 1x1 "
-                      "bottleneck conv biases held at zero and frozen", "fast_path": fast}
+                      "bottleneck conv biases held at zero and frozen",
+            # BottleneckV1 (gluon/model_zoo/vision/resnet.py) strides its first 1x1 conv (and the
+            # downsample); gluon.nn.BatchNorm's default epsilon, which the zoo keeps, is 1e-5.
+            "resnet_stride": "1x1 (original paper, v1)", "bn_epsilon": 1e-5,
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast}
 
 
 def numerics(task: str, model: Model, ctx: mx.Context) -> dict:
@@ -206,6 +221,66 @@ def numerics(task: str, model: Model, ctx: mx.Context) -> dict:
                             switches=switches, loss_scaler=scaler)
 
 
+def get_weights(model: Model, task: str) -> dict:
+    """The model's weights in the canonical layout of `task` (bench/canonical.py): float32 NumPy
+    arrays under the canonical names, in the canonical order."""
+    rows, zero = _weight_table(model, task)
+    for where, param in zero:  # conv biases the canonical function does not have
+        value = param.data().asnumpy()
+        if np.any(value != 0):
+            raise ValueError(f"{NAME}.get_weights({task}): the conv bias of {where} ({param.name}) is not zero "
+                             f"(largest |b| {float(np.max(np.abs(value))):.3g}): not the canonical function")
+    return {name: param.data().asnumpy().astype(np.float32, copy=False) for name, param in rows}
+
+
+def set_weights(model: Model, task: str, weights: dict) -> None:
+    """Load canonical weights of `task` (exactly the canonical names and shapes) into the model,
+    the extra conv biases to zero; a trainer that has already stepped forgets its state."""
+    rows, zero = _weight_table(model, task)
+    names = [name for name, _ in rows]
+    missing, extra = [n for n in names if n not in weights], sorted(set(weights) - set(names))
+    if missing or extra:
+        raise canonical.LayoutError(f"{NAME}.set_weights for {task}: missing {missing[:5]} ({len(missing)}), "
+                                    f"not in the layout {extra[:5]} ({len(extra)})")
+    for name, param in rows:
+        value = np.asarray(weights[name], dtype=np.float32)
+        if tuple(param.shape) != value.shape:
+            raise canonical.LayoutError(f"{NAME}.set_weights: {name} is {value.shape}, "
+                                        f"{param.name} is {tuple(param.shape)}")
+        param.set_data(nd.array(value, ctx=model.ctx, dtype="float32"))
+    for _, param in zero:
+        param.set_data(nd.zeros(param.shape, ctx=model.ctx, dtype="float32"))
+    _reset_trainer(model.trainer)
+
+
+def _weight_table(model: Model, task: str) -> tuple:
+    """([(canonical name, gluon Parameter)], [(where, conv bias Parameter held at zero)])."""
+    tables = {"cnn": _cnn_table, "rnn": _rnn_table, "resnet50": _resnet50_table}
+    if task not in tables:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(tables)}")
+    return tables[task](model.net)
+
+
+def _reset_trainer(trainer) -> None:
+    """The optimizer state of a trainer that has stepped (momentum, Adam's moments and its step
+    count t) from zero again, as a fresh Trainer's: nothing to do before the first step."""
+    if trainer is None or not any(updater.states for updater in trainer._updaters):
+        return
+    for updater in trainer._updaters:
+        updater.states.clear()
+        updater.states_synced.clear()
+    optimizer = trainer._optimizer
+    optimizer.num_update = optimizer.begin_num_update
+    optimizer._all_index_update_counts = {0: {}}
+    optimizer._index_update_count = optimizer._all_index_update_counts[0]
+    if trainer._kv_initialized and trainer._update_on_kvstore:
+        trainer._reset_kvstore()  # its states live in the kvstore
+
+
+def _children(block) -> list:
+    return list(block._children.values())
+
+
 def _op_dtypes(net) -> dict:
     """The dtypes each compute operator of the network computes in, read from the graph MXNet
     builds for it (with AMP's casts) through its own type inference."""
@@ -252,9 +327,22 @@ def build_cnn(spec, ctx: mx.Context) -> Model:
     # Glorot uniform = Xavier uniform with the average fan and magnitude 3; biases start at zero.
     net.initialize(mx.init.Xavier(rnd_type="uniform", factor_type="avg", magnitude=3), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
+    # MXNet's momentum buffer holds lr * g (sgd_mom_update: mom = m * mom - lr * g; w += mom),
+    # PyTorch's g (v = m * v + g; w -= lr * v): the same steps at a constant learning rate.
     trainer = gluon.Trainer(net.collect_params(), "sgd",
                             {"learning_rate": spec.lr, "momentum": spec.momentum})
     return _trained(net, trainer, ctx)
+
+
+def _cnn_table(net) -> tuple:
+    """conv1..conv4 and fc1, fc2 in the order the HybridSequential holds them; the Dense layer
+    after Flatten of NCHW takes (c, h, w) as canonical fc1.weight does."""
+    convs = [b for b in _children(net) if isinstance(b, nn.Conv2D)]
+    denses = [b for b in _children(net) if isinstance(b, nn.Dense)]
+    rows = []
+    for name, block in zip(("conv1", "conv2", "conv3", "conv4", "fc1", "fc2"), convs + denses):
+        rows += [(f"{name}.weight", block.weight), (f"{name}.bias", block.bias)]
+    return rows, []
 
 
 def _trained(net, trainer, ctx) -> Model:
@@ -314,10 +402,22 @@ class GRUClassifier(gluon.HybridBlock):
         return self.dense(F.reshape(last, shape=(0, -1)))
 
 
+def _rnn_table(net) -> tuple:
+    gru = net.gru
+    return [("embedding.weight", net.embedding.weight),
+            ("gru.weight_ih", gru.l0_i2h_weight), ("gru.weight_hh", gru.l0_h2h_weight),
+            ("gru.bias_ih", gru.l0_i2h_bias), ("gru.bias_hh", gru.l0_h2h_bias),
+            ("fc.weight", net.dense.weight), ("fc.bias", net.dense.bias)], []
+
+
 def build_rnn(spec, ctx: mx.Context) -> Model:
     net = GRUClassifier(spec)
     net.initialize(ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
+    # MXNet 1.9's Adam (optimizer.Adam.update) folds the bias corrections into the learning rate,
+    # lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), w -= lr_t * m / (sqrt(v) + epsilon): PyTorch's
+    # and Optax's m_hat / (sqrt(v_hat) + epsilon) with epsilon / sqrt(1 - beta2^t) in its place
+    # (3.2e-7 at t=1 for 1e-8), which damps the steps of weights whose gradients are that small.
     trainer = gluon.Trainer(net.collect_params(), "adam",
                             {"learning_rate": spec.lr, "beta1": spec.beta1, "beta2": spec.beta2,
                              "epsilon": spec.epsilon})
@@ -333,6 +433,42 @@ def predict_rnn(model: Model, x: np.ndarray, spec) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- 4. ResNet-50
+
+def _resnet50_table(net) -> tuple:
+    """torchvision's names from the zoo's structure: features = [Conv2D, BatchNorm, relu, max
+    pool, stage1..stage4 (BottleneckV1s), global pool]; a BottleneckV1's body = [1x1 conv, bn,
+    relu, 3x3 conv, bn, relu, 1x1 conv, bn] and, in a stage's first block, downsample = [1x1
+    conv, bn]. The body's two 1x1 convs carry biases (use_bias defaults to True there)."""
+    def bn(name, block):
+        return [(f"{name}.weight", block.gamma), (f"{name}.bias", block.beta),
+                (f"{name}.running_mean", block.running_mean), (f"{name}.running_var", block.running_var)]
+
+    features = _children(net)[0]
+    layers = _children(features)
+    rows, zero = [("conv1.weight", layers[0].weight)] + bn("bn1", layers[1]), []
+    stages = [b for b in layers if isinstance(b, nn.HybridSequential)]
+    if [len(stage) for stage in stages] != list(canonical.RESNET_BLOCKS):
+        raise ValueError(f"{NAME}: the zoo's stages hold {[len(s) for s in stages]} blocks, "
+                         f"not {list(canonical.RESNET_BLOCKS)}")
+    for stage_index, stage in enumerate(stages, 1):
+        for b, block in enumerate(_children(stage)):
+            prefix = f"layer{stage_index}.{b}"
+            body = _children(block.body)
+            convs = [x for x in body if isinstance(x, nn.Conv2D)]
+            norms = [x for x in body if isinstance(x, nn.BatchNorm)]
+            for i, (conv, norm) in enumerate(zip(convs, norms), 1):
+                rows.append((f"{prefix}.conv{i}.weight", conv.weight))
+                rows += bn(f"{prefix}.bn{i}", norm)
+                if conv.bias is not None:
+                    zero.append((f"{prefix}.conv{i}", conv.bias))
+            if block.downsample is not None:
+                conv, norm = _children(block.downsample)
+                rows.append((f"{prefix}.downsample.0.weight", conv.weight))
+                rows += bn(f"{prefix}.downsample.1", norm)
+                if conv.bias is not None:
+                    zero.append((f"{prefix}.downsample.0", conv.bias))
+    return rows, zero
+
 
 def build_resnet50(spec, ctx: mx.Context) -> Model:
     zoo = vision.resnet50_v1(pretrained=False)

@@ -2,11 +2,18 @@
 
 Every framework file has these sections, in this order, with these names:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics
+     count_params, conventions, numerics, get_weights, set_weights
   2. CNN: build_cnn, train_cnn_epoch, predict_cnn
   3. RNN: build_rnn, train_rnn_epoch, predict_rnn
   4. ResNet-50: build_resnet50, extract_features
 Hyperparameters come from the spec; data, batching, timing and results are the harness's.
+
+Canonical weights (bench/canonical.py, `python -m bench equivalence`): the canonical layout is
+PyTorch's, so get_weights/set_weights only rename: Conv2d weights OIHW, Linear (out, in), the
+CNN's Flatten of NCHW in (c, h, w) order, nn.GRU's weight_ih_l0/weight_hh_l0/bias_ih_l0/bias_hh_l0
+with gates (r, z, n) (torch.nn.GRU docs), torchvision's resnet50 state_dict without fc and
+num_batches_tracked. torchvision's Bottleneck puts a stage's stride 2 on the 3x3 conv (v1.5) and
+its BatchNorm2d eps is 1e-5.
 
 Precision (bench/precisions.py) through PyTorch's own mechanism, set in init_device:
   - TF32: torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 and
@@ -128,9 +135,16 @@ def conventions(task: str, dev: torch.device) -> dict:
         return {"layout": "NCHW", "init": "xavier_uniform weights, zero biases", "fast_path": fast}
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (cuDNN layout)", "gru_biases": 600,
-                "gru_kernel": "cuDNN" if dev.type == "cuda" else "ATen CPU", "fast_path": fast}
+                "gru_kernel": "cuDNN" if dev.type == "cuda" else "ATen CPU",
+                "adam_epsilon": "sqrt(v_hat) + eps (Kingma & Ba Algorithm 1)",  # torch.optim.Adam
+                "adam_embedding_v": "square of the row's gradient (dense)",
+                "fast_path": fast}
     return {"resnet_conv_bias": False, "weights": "random", "source": "torchvision.models.resnet50",
-            "fast_path": fast}
+            # torchvision/models/resnet.py, Bottleneck: conv2 = conv3x3(width, width, stride): the
+            # stride on the 3x3 conv; norm_layer nn.BatchNorm2d with its default eps; maxpool
+            # nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            "resnet_stride": "3x3 (torchvision, v1.5)", "bn_epsilon": 1e-5,
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast}
 
 
 def _autocast(dev: torch.device):
@@ -229,6 +243,33 @@ def numerics(task: str, model: Model, dev: torch.device) -> dict:
         read_back=read_back, switches=switches)
 
 
+def get_weights(model: Model, task: str) -> dict:
+    """The model's weights in the canonical layout of bench/canonical.py (PyTorch's own: only
+    the names change), as float32 NumPy arrays copied off the device."""
+    return {name: tensor.detach().to("cpu", torch.float32).numpy().copy()
+            for name, tensor in _WEIGHTS[task](model.net).items()}
+
+
+def set_weights(model: Model, task: str, weights: dict) -> None:
+    """Load canonical weights (bench/canonical.py) into the model; the optimizer's state (momentum,
+    Adam's moments and step) is cleared, so training starts from these weights afresh."""
+    tensors = _WEIGHTS[task](model.net)
+    missing = [name for name in tensors if name not in weights]
+    extra = sorted(set(weights) - set(tensors))
+    if missing or extra:
+        raise ValueError(f"{NAME} set_weights({task!r}): missing {missing[:5]}, "
+                         f"not in the layout {extra[:5]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            value = torch.from_numpy(np.array(weights[name], dtype=np.float32))  # a writable copy
+            if tuple(value.shape) != tuple(tensor.shape):
+                raise ValueError(f"{NAME} set_weights({task!r}): {name} has shape {tuple(value.shape)}, "
+                                 f"the model's is {tuple(tensor.shape)}")
+            tensor.copy_(value)
+    if model.optimizer is not None:
+        model.optimizer.state.clear()  # no momentum buffer, no Adam moments or step count
+
+
 def _scaler(dev: torch.device) -> torch.amp.GradScaler | None:
     """amp-fp16: PyTorch's dynamic loss scaling (its defaults: initial scale 2**16, doubled after
     2,000 steps without overflow, halved on an overflow)."""
@@ -259,6 +300,18 @@ def build_cnn(spec, dev: torch.device) -> Model:
     net = net.to(dev)
     optimizer = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum)
     return Model(net, optimizer, dev, _scaler(dev))
+
+
+def _cnn_weights(net: nn.Sequential) -> dict:
+    """Canonical name -> the parameter: the four Conv2d (OIHW) and the two Linear (out, in), in
+    order; Flatten flattens NCHW in (c, h, w) order, the canonical fc1 column order."""
+    convs = [layer for layer in net if isinstance(layer, nn.Conv2d)]
+    denses = [layer for layer in net if isinstance(layer, nn.Linear)]
+    names = [f"conv{i}" for i in range(1, len(convs) + 1)] + [f"fc{i}" for i in range(1, len(denses) + 1)]
+    out = {}
+    for name, layer in zip(names, convs + denses):
+        out[f"{name}.weight"], out[f"{name}.bias"] = layer.weight, layer.bias
+    return out
 
 
 def train_cnn_epoch(model: Model, batches, spec) -> float:
@@ -324,6 +377,15 @@ def build_rnn(spec, dev: torch.device) -> Model:
     return Model(net, optimizer, dev, _scaler(dev))
 
 
+def _rnn_weights(net: GRUClassifier) -> dict:
+    """Canonical name -> the parameter: nn.GRU is the canonical formulation (gates r, z, n)."""
+    gru = net.gru
+    return {"embedding.weight": net.embedding.weight,
+            "gru.weight_ih": gru.weight_ih_l0, "gru.weight_hh": gru.weight_hh_l0,
+            "gru.bias_ih": gru.bias_ih_l0, "gru.bias_hh": gru.bias_hh_l0,
+            "fc.weight": net.dense.weight, "fc.bias": net.dense.bias}
+
+
 def train_rnn_epoch(model: Model, batches, spec) -> float:
     return _train_epoch(model, batches)
 
@@ -338,6 +400,16 @@ def build_resnet50(spec, dev: torch.device) -> Model:
     net = torchvision.models.resnet50(weights=None)
     net.fc = nn.Identity()  # cut after global average pooling: 2,048 features
     return Model(net.to(dev).eval(), None, dev)
+
+
+def _resnet50_weights(net: nn.Module) -> dict:
+    """Canonical name -> the parameter or buffer: torchvision's state_dict itself (fc is an
+    Identity here), without the batch norms' num_batches_tracked."""
+    return {name: tensor for name, tensor in net.state_dict(keep_vars=True).items()
+            if not name.endswith("num_batches_tracked")}
+
+
+_WEIGHTS = {"cnn": _cnn_weights, "rnn": _rnn_weights, "resnet50": _resnet50_weights}
 
 
 @torch.inference_mode()
