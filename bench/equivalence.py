@@ -208,6 +208,24 @@ def compare(task: str, outputs: dict, infos: dict, before: dict, spec) -> dict:
     return pairs
 
 
+def design_groups(task: str, conventions: dict) -> list:
+    """For each by-design convention on which the frameworks differ: which checks it leaves out
+    of a pair across its groups, and who is in each group (a * in the table)."""
+    lines = []
+    keys = sorted({key for (t, _), names in BY_DESIGN.items() if t == task for key in names})
+    for key in keys:
+        groups: dict = {}
+        for name, conv in sorted(conventions.items()):
+            groups.setdefault((conv or {}).get(key), []).append(name)
+        if len(groups) < 2:
+            continue
+        checks = [check for (t, check), names in sorted(BY_DESIGN.items()) if t == task and key in names]
+        lines.append(f"  by design, {key}: {', '.join(checks)} compared only within a group")
+        for value, members in sorted(groups.items(), key=lambda item: str(item[0])):
+            lines.append(f"    {value}: {', '.join(members)}")
+    return lines
+
+
 def _json_pair(pair: dict) -> dict:
     """A non-finite figure (a framework's NaN output) is written as text: JSON has no NaN."""
     def number(value):
@@ -358,9 +376,9 @@ def cmd_equivalence(args) -> int:
         pairs = compare(task, {n: outputs[n] for n in names}, infos, before64, spec)
         print()
         print(table(task, names, pairs) if len(names) > 1 else f"{task}: fewer than two frameworks to compare")
+        for line in design_groups(task, {n: infos[n]["conventions"] for n in names}):
+            print(line)
         for (a, b), pair in sorted(pairs.items()):
-            for check, why in sorted(pair["by_design"].items()):
-                print(f"  {a} / {b}: {check} not compared, another function by design ({why})")
             if pair["worst"] is not None and pair["worst"] > 1:
                 worst = ", ".join(f"{k} {v:.3g}" for k, v in pair["figures"].items() if v > 1)
                 print(f"  DIFFERENT {a} / {b}: {worst}")

@@ -257,7 +257,7 @@ def cmd_baseline(args) -> int:
         return EXIT_USAGE
     print(f"wrote {results.printable(args.output)}: {len(bands)} bands from {len(records)} results")
     for b in bands:
-        print(f"  {b['framework']:<18} {b['task']:<9} {b['device_name']} {'quick' if b['quick'] else 'full'} "
+        print(f"  {b['framework']:<18} {b['task']:<9} {b['precision']:<8} {b['device_name']} {'quick' if b['quick'] else 'full'} "
               f"{b['data']}: {b['median']:.3f} +{100 * b['tolerance']:.0f}% "
               f"({b['n']} runs x best of {b['repeats_per_run']})")
     return EXIT_PASS
@@ -348,7 +348,7 @@ def cmd_validate(args) -> int:
                 first[i] = dict(v, line=f"{v['line']} (earlier runs {', '.join(earlier[v['task']])}, {state})")
         verdicts.extend(first)
     print()
-    print(f"{'verdict':<8} {'framework':<18} {'task':<9} {'best rep':>10} {'band':>21} {'ratio':>7}")
+    print(f"{'verdict':<8} {'framework':<19} {'task':<9} {'best rep':>10} {'band':>21} {'ratio':>7}")
     for v in verdicts:
         print(v["line"])
     failed = [v for v in verdicts if v["verdict"] != "PASS"]
@@ -385,19 +385,20 @@ def judge_folder(folder: Path, framework: str, task_list: list, bands: list[dict
         found[record["task"]] = judge(record, bands)
     missing = "the run wrote no valid result (see its output above)"
     return [found.get(task) or {"verdict": "FAIL", "task": task,
-                                "line": f"{'FAIL':<8} {framework:<18} {task:<9} {missing}"}
+                                "line": f"{'FAIL':<8} {framework:<19} {task:<9} {missing}"}
             for task in task_list]
 
 
 def judge(record: dict, bands: list[dict]) -> dict:
-    name, task = record["framework"], record["task"]
+    task = record["task"]
+    name = record["framework"] if record["precision"] == precisions.DEFAULT else f"{record['framework']} {record['precision']}"
     if record["status"] != "ok":
-        return {"verdict": "FAIL", "task": task, "line": f"{'FAIL':<8} {name:<18} {task:<9} run {record['status']}: "
+        return {"verdict": "FAIL", "task": task, "line": f"{'FAIL':<8} {name:<19} {task:<9} run {record['status']}: "
                                            f"{record['error']}"}
     band = find_band(bands, record)
     value = best(record)
     if band is None:
-        return {"verdict": "NO BAND", "task": task, "line": f"{'NO BAND':<8} {name:<18} {task:<9} {value:>10.3f} "
+        return {"verdict": "NO BAND", "task": task, "line": f"{'NO BAND':<8} {name:<19} {task:<9} {value:>10.3f} "
                                               f"no band for {_key_tuple(band_key(record))}"}
     median, high, low = band.get("median"), band.get("high"), band.get("low")
     # PASS only where every number is a real one: a NaN compares false with everything, so
@@ -405,13 +406,13 @@ def judge(record: dict, bands: list[dict]) -> dict:
     sound = all(_finite(v) for v in (value, median, high, low, band.get("tolerance"))) and median > 0
     if not sound:
         return {"verdict": "FAIL", "task": task,
-                "line": f"{'FAIL':<8} {name:<18} {task:<9} {value!r:>10} the band (median {median!r}, "
+                "line": f"{'FAIL':<8} {name:<19} {task:<9} {value!r:>10} the band (median {median!r}, "
                         f"high {high!r}) or the figure is not a finite positive number"}
     ratio = value / median
     verdict = "PASS" if value <= high else "FAIL"
     note = " (faster than the band)" if value < low else ""
     return {"verdict": verdict, "ratio": ratio, "task": task,
-            "line": f"{verdict:<8} {name:<18} {task:<9} {value:>10.3f} "
+            "line": f"{verdict:<8} {name:<19} {task:<9} {value:>10.3f} "
                     f"{median:>9.3f} +{100 * band['tolerance']:>3.0f}% ({high:.3f}) "
                     f"{ratio:>6.2f}x{note}"}
 

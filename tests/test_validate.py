@@ -156,7 +156,12 @@ def test_the_shipped_cpu_baseline_is_valid_and_names_the_variant_venv():
     doc = validate.load_baseline(path)
     assert {b["variant"] for b in doc["bands"]} == {"venv"}
     assert "scripts/make-cpu-baseline" in doc["note"]  # made by the script, as the README says
-    rnn = next(b for b in doc["bands"] if b["framework"] == "pytorch" and b["task"] == "rnn")
+    # fp32 and amp-bf16 bands for both frameworks and every task (this CPU has avx512_bf16)
+    assert {(b["framework"], b["task"], b["precision"]) for b in doc["bands"]} == {
+        (fw, task, p) for fw in ("pytorch", "tensorflow") for task in ("cnn", "rnn", "resnet50")
+        for p in ("fp32", "amp-bf16")}
+    rnn = next(b for b in doc["bands"] if b["framework"] == "pytorch" and b["task"] == "rnn"
+               and b["precision"] == "fp32")
     plain = dict(_run("pytorch", rnn["median"]), device_name="AMD EPYC")  # a `bench run` record: no cell
     assert validate.find_band(doc["bands"], plain) is rnn
 
