@@ -76,6 +76,14 @@ def _precision(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def precision_list(text: str) -> list:
+    """--precisions / --precision of sweep and validate: "fp32,amp-bf16", each name checked."""
+    try:
+        return precisions.parse_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _flag(text) -> bool:
     """A yes/no value from the environment: 1/true/yes/on or 0/false/no/off/empty."""
     word = str(text).strip().lower()

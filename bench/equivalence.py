@@ -96,7 +96,7 @@ def _to_layout(x: np.ndarray, channel_first: bool) -> np.ndarray:
 
 def _train(fw, dev, model, spec, x, y) -> float:
     """One epoch of the check's batches, driven as `bench run` drives the framework."""
-    build_name, epoch_name, _ = runner.TRAINING_API[spec.name]
+    epoch_name = runner.TRAINING_API[spec.name][1]
     train_all = getattr(fw, runner.EPOCHS_API[spec.name], None)
     rng = np.random.default_rng(SEED)
     if train_all is not None:

@@ -33,7 +33,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-from . import envinfo, frameworks, matrix as matrix_mod, precisions, results, runner, tasks
+from . import cli, envinfo, frameworks, matrix as matrix_mod, results, runner, tasks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 40
@@ -1042,13 +1042,6 @@ def _timeout(text: str) -> float:
     return value
 
 
-def _precision_names(text: str) -> list:
-    try:
-        return precisions.parse_list(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
-
-
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="run every cell of matrix.yaml; resumes, isolates failures")
     p.add_argument("matrix", type=Path, help="the matrix file, e.g. matrix.yaml")
@@ -1058,7 +1051,7 @@ def register(sub) -> None:
     p.add_argument("--variants", type=_names, help="comma-separated CUDA variants (docker, slurm containers)")
     p.add_argument("--gpus", type=_names, help="comma-separated GPU types of the matrix")
     p.add_argument("--tasks", type=tasks.parse_tasks, help="comma-separated: cnn,rnn,resnet50")
-    p.add_argument("--precisions", type=_precision_names,
+    p.add_argument("--precisions", type=cli.precision_list,
                    help="comma-separated, any of fp32,tf32,amp-fp16,amp-bf16 (instead of the matrix's precisions)")
     p.add_argument("--quick", action="store_true", help="--quick size for every cell")
     p.add_argument("--data", choices=("auto", "real", "synthetic"), help="override the matrix's data:")

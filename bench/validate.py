@@ -21,7 +21,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from . import envinfo, precisions, results, tasks
+from . import cli, envinfo, precisions, results, tasks
 
 BASELINE_FORMAT = "bench-baseline-2"  # 1: bands of all repeats' median; refused
 DEFAULT_FLOOR = 0.15  # for steady devices (GPUs); shared CPU VMs need more (make-cpu-baseline: 0.35)
@@ -443,13 +443,6 @@ def _repeats(text: str) -> int:
     return value
 
 
-def _precisions(text: str) -> list:
-    try:
-        return precisions.parse_list(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
-
-
 def _tasks(text: str) -> list:
     try:
         return tasks.parse_tasks(text)
@@ -471,7 +464,7 @@ def register(sub) -> None:
     p.add_argument("--framework", dest="frameworks", type=lambda s: [x for x in s.split(",") if x],
                    help="comma-separated (default: every framework with a band for this device)")
     p.add_argument("--tasks", type=_tasks, default=None)
-    p.add_argument("--precision", dest="precisions", type=_precisions, default=None,
+    p.add_argument("--precision", dest="precisions", type=cli.precision_list, default=None,
                    help="comma-separated precisions (default: every precision the baseline has a band "
                         "for on this device)")
     p.add_argument("--quick", action="store_true")

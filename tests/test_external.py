@@ -136,40 +136,38 @@ def test_r_keras_runs_the_three_tasks_from_r(tmp_path):
     assert records["cnn"]["final_loss"] < 2.4 and records["cnn"]["epoch_times_s"][0] > 0
 
 
+def _knet(fake_julia, tmp_path, mode, task="cnn", precision="fp32"):
+    """One quick task through the stand-in julia in FAKE_JULIA_MODE mode: (process, its record)."""
+    if mode is not None:
+        fake_julia["FAKE_JULIA_MODE"] = mode
+    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", task,
+                     "--precision", precision, "--out", str(tmp_path / "out"), env=fake_julia)
+    return proc, _records(tmp_path / "out")[task]
+
+
 def test_a_precision_the_program_cannot_run_is_skipped_with_its_reason(fake_julia, tmp_path):
-    fake_julia["FAKE_JULIA_MODE"] = "skip"
-    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "cnn",
-                     "--precision", "amp-bf16", "--out", str(tmp_path / "out"), env=fake_julia)
+    proc, record = _knet(fake_julia, tmp_path, "skip", precision="amp-bf16")
     assert proc.returncode == 4, proc.stdout[-3000:]
-    record = _records(tmp_path / "out")["cnn"]
     assert record["status"] == "skipped" and record["precision"] == "amp-bf16"
     assert "no bfloat16 path" in record["error"] and record["time_total_s"] is None
 
 
 def test_a_program_reporting_another_precision_than_asked_is_a_failed_task(fake_julia, tmp_path):
-    fake_julia["FAKE_JULIA_MODE"] = "lie-precision"
-    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "cnn",
-                     "--precision", "amp-bf16", "--out", str(tmp_path / "out"), env=fake_julia)
+    proc, record = _knet(fake_julia, tmp_path, "lie-precision", precision="amp-bf16")
     assert proc.returncode == 1, proc.stdout[-3000:]
-    record = _records(tmp_path / "out")["cnn"]
     assert record["status"] == "failed" and record["throughput"] is None
     assert "asked for amp-bf16" in record["error"] and "compute_dtype is 'float32'" in record["error"]
 
 
 def test_the_program_runs_with_tf32_forbidden_unless_tf32_is_asked_for(fake_julia, tmp_path):
     fake_julia.pop("NVIDIA_TF32_OVERRIDE", None)
-    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "cnn",
-                     "--out", str(tmp_path / "out"), env=fake_julia)
+    proc, record = _knet(fake_julia, tmp_path, None)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    record = _records(tmp_path / "out")["cnn"]
     assert record["conventions"]["precision"]["name"] == "fp32"
     assert record["conventions"]["tf32_override_seen"] == "0"
 
 
 def test_features_the_program_reports_as_not_float32_fail_the_task(fake_julia, tmp_path):
-    fake_julia["FAKE_JULIA_MODE"] = "fp16-features"
-    proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", "resnet50",
-                     "--out", str(tmp_path / "out"), env=fake_julia)
+    proc, record = _knet(fake_julia, tmp_path, "fp16-features", task="resnet50")
     assert proc.returncode == 1, proc.stdout[-3000:]
-    record = _records(tmp_path / "out")["resnet50"]
     assert record["status"] == "failed" and "features are 'float16'" in record["error"]

@@ -200,8 +200,6 @@ def test_the_precision_table_compares_with_fp32_and_lists_the_skipped_with_reaso
 
 
 def test_validate_takes_precision_names_and_refuses_others():
-    from bench import validate
-
-    assert validate._precisions("fp32,amp-bf16") == ["fp32", "amp-bf16"]
+    assert cli.precision_list("fp32,amp-bf16") == ["fp32", "amp-bf16"]
     with pytest.raises(Exception, match="'bf16' is now 'amp-bf16'"):
-        validate._precisions("bf16")
+        cli.precision_list("bf16")
