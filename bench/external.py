@@ -5,6 +5,9 @@ hyperparameters (the sized spec, in a request JSON), checks and the result recor
 foreign program builds the model, trains or infers, times itself (another process cannot
 be timed from here) and writes a measurement JSON plus its test logits; the harness checks
 parameter counts, shapes and losses, computes accuracy and writes the usual result.
+Telemetry (bench/telemetry.py) samples the program's process tree and the GPU from here while it
+runs; the program reports its timed sections as Unix times ("timed_windows": [[start, end], ...])
+and its framework's peak device memory ("device_memory", as peak_device_memory in a framework file).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import envinfo, frameworks, precisions, results, runner, tasks, venvs
+from . import telemetry as telemetry_mod
 from .errors import UnsupportedPrecision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +143,10 @@ def check_measurement(m: dict, spec, task_data, folder: Path,
 
 
 def run(fw, args) -> int:
+    try:
+        telemetry_mod.settings()  # a bad BENCH_TELEMETRY* value is a usage error, before any work
+    except telemetry_mod.TelemetryError as exc:
+        raise LaunchError(str(exc)) from None
     runner.prepare_environment(args.precision)  # the program's environment: TF32 allowed only in tf32
     env_record = envinfo.capture()
     code, records = runner.EXIT_OK, []
@@ -146,25 +154,33 @@ def run(fw, args) -> int:
         spec = tasks.sized(task, args.device, args.quick, args.epochs)
         record = runner.base_record(fw.name, task, args.device, args.precision, args.quick, spec,
                                     dict(env_record))
+        monitor = None
         try:
             with tempfile.TemporaryDirectory(prefix=f"bench-{fw.name}-") as tmp:
                 folder = Path(tmp)
                 task_data = data_mod.task_data(spec, args.data, True, args.seed, log=print)
                 record["data"], record["data_source"] = task_data.kind, task_data.source
                 runs = []
+                monitor = telemetry_mod.for_run(args.device, foreign=True)
                 for r in range(args.repeats):
                     request = write_request(spec, task_data, args.device, args.precision, args.seed + r, folder)
                     cmd, env = command(fw, request)
                     print(f"[{fw.name} {task}] {' '.join(cmd)}", flush=True)
-                    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True)
-                    sys.stdout.write(proc.stdout)
+                    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
+                    started = monitor.watch(proc.pid)
+                    output, _ = proc.communicate()
+                    ended = monitor.unwatch()
+                    sys.stdout.write(output)
                     measurement_path = folder / "measurement.json"
                     m = json.loads(measurement_path.read_text()) if measurement_path.exists() else {}
+                    if isinstance(m, dict):
+                        monitor.program_report(m.get("timed_windows"), m.get("device_memory"),
+                                               started, ended, fw.name)
                     if proc.returncode == 0 and m.get("skipped"):  # the program has no path for it
                         raise UnsupportedPrecision(str(m["skipped"]))
                     if proc.returncode != 0 or m.get("error"):
-                        record["log_tail"] = "\n".join(proc.stdout.splitlines()[-30:])
+                        record["log_tail"] = "\n".join(output.splitlines()[-30:])
                         if proc.returncode == EXIT_NO_DEVICE_FOREIGN:
                             code = runner.EXIT_NO_DEVICE
                         raise RuntimeError(m.get("error") or f"{cmd[0]} exited with code {proc.returncode}")
@@ -180,6 +196,7 @@ def run(fw, args) -> int:
                     record["env"].update(m.get("env") or {})
                     if args.device == "gpu" and m.get("gpu"):
                         record["device_name"] = m["gpu"]
+                record["telemetry"] = monitor.finish()
                 runner.fill_measurements(record, task, task_data.kind, runs)
         except LaunchError:
             raise
@@ -192,6 +209,10 @@ def run(fw, args) -> int:
             record["error"] = f"{type(exc).__name__}: {exc}"
             code = code if code == runner.EXIT_NO_DEVICE else runner.EXIT_TASK_FAILED
             print(f"[{fw.name} {task}] {record['status'].upper()}: {record['error']}", flush=True)
+        if monitor is not None and "telemetry" not in record:  # stop the sampler whatever happened
+            telemetry = monitor.finish()
+            if record["status"] != "skipped":  # a skipped task ran nothing worth describing
+                record["telemetry"] = telemetry
         record["finished_at"] = results.now_iso()
         if not runner.write_task_result(record, args.out, lambda m: print(m, flush=True)):
             code = code if code != runner.EXIT_OK else runner.EXIT_TASK_FAILED

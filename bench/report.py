@@ -92,6 +92,7 @@ class TaskTable:
     rows: "OrderedDict[str, dict]"
     fastest: dict
     plot: str = ""
+    resources: list = field(default_factory=list)
 
     def cell(self, framework: str, column: str) -> Cell | None:
         return self.rows[framework].get(column)
@@ -113,8 +114,78 @@ def build_tables(records: list[dict]) -> list[TaskTable]:
             for col in columns:
                 cells = [(fw, c[col].metric) for fw, c in rows.items() if col in c]
                 fastest[col] = min(cells, key=lambda x: x[1])[0]
-            tables.append(TaskTable(task, title, quick, columns, rows, fastest))
+            tables.append(TaskTable(task, title, quick, columns, rows, fastest,
+                                    resources=resources(rows, columns)))
     return tables
+
+
+def _median(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    return statistics.median(values) if values else None
+
+
+def energy_per_1000(record: dict) -> float | None:
+    """Joules per 1,000 samples over the timed sections: telemetry's energy covers every
+    repeat's timed sections, so it is divided by the samples of every repeat."""
+    gpu = (record.get("telemetry") or {}).get("gpu") or {}
+    samples = (record.get("samples") or {}).get("images" if record["task"] == "resnet50" else "train")
+    energy = gpu.get("energy_j")
+    if not isinstance(energy, (int, float)) or not samples:
+        return None
+    return 1000.0 * energy / (samples * max(1, len(record.get("repeats") or [])))
+
+
+def resources(rows: "OrderedDict[str, dict]", columns: list) -> list:
+    """Per framework and column: peak host and device memory, achieved FLOP/s and MFU, energy
+    per 1,000 samples and the telemetry flags (where the results carry them)."""
+    out = []
+    for fw, cells in rows.items():
+        for col in columns:
+            cell = cells.get(col)
+            if not cell:
+                continue
+            tele = [r.get("telemetry") or {} for r in cell.records]
+            flops = [r.get("flops") or {} for r in cell.records]
+            host = [t.get("host_memory_peak_bytes") for t in tele]
+            device = [(t.get("device_memory") or {}).get("peak_bytes") for t in tele]
+            flags = sorted({f["text"] for t in tele for f in t.get("flags") or [] if f.get("text")})
+            peak_text = next((f.get("peak_source") for f in flops if f.get("peak_source")), None)
+            out.append({
+                "framework": fw, "column": col,
+                "host_memory_gib": _max_gib(host), "device_memory_gib": _max_gib(device),
+                "tflops": _scaled(_median(f.get("achieved_flops_per_s") for f in flops), 1e-12),
+                "mfu": _median(f.get("mfu") for f in flops), "peak_source": peak_text,
+                "energy_per_1000": _median(energy_per_1000(r) for r in cell.records),
+                "flags": flags,
+            })
+    return [r for r in out if any(r[k] is not None for k in ("host_memory_gib", "device_memory_gib", "tflops",
+                                                                "energy_per_1000")) or r["flags"]]
+
+
+def _max_gib(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    return max(values) / 2 ** 30 if values else None
+
+
+def _scaled(value, factor):
+    return None if value is None else value * factor
+
+
+def machine_health(records: list[dict], probes: list[dict]) -> list[dict]:
+    """One entry per machine (host and device model): its probe runs against the reference (or
+    the baseline's) floors, and the telemetry flags its results carry."""
+    machines: OrderedDict = OrderedDict()
+    for doc in sorted(probes, key=lambda d: d.get("started_at") or ""):
+        key = (doc.get("host") or "-", doc.get("device_name") or "-")
+        machines.setdefault(key, {"host": key[0], "device_name": key[1], "probes": [], "flags": {}})
+        machines[key]["probes"].append(doc)
+    for r in records:
+        host = (r.get("env") or {}).get("hostname") or "-"
+        key = (host, r.get("device_name") or r["device"])
+        for flag in (r.get("telemetry") or {}).get("flags") or []:
+            entry = machines.setdefault(key, {"host": key[0], "device_name": key[1], "probes": [], "flags": {}})
+            entry["flags"].setdefault(flag.get("text"), []).append(f"{r['framework']} {r['task']}")
+    return list(machines.values())
 
 
 def cuda_ab(records: list[dict], baselines: dict) -> list[dict]:
@@ -298,7 +369,7 @@ def summary(records: list[dict]) -> dict:
     }
 
 
-def context(records: list[dict], warnings: list[str], with_plots: bool = True) -> dict:
+def context(records: list[dict], warnings: list[str], with_plots: bool = True, probes: list | None = None) -> dict:
     tables = build_tables(records)
     if with_plots:
         for t in tables:
@@ -314,9 +385,21 @@ def context(records: list[dict], warnings: list[str], with_plots: bool = True) -
         "ab_plot": plot_variants(ab) if with_plots else None,
         "published": published() if PUBLISHED.exists() else None,
         "failures": [r for r in records if r["status"] != "ok"],
+        "health": machine_health(records, probes or []),
         "warnings": warnings,
         "schema_version": results.SCHEMA_VERSION,
     }
+
+
+def rate_text(value, unit: str) -> str:
+    """1.2e11 flops_per_s -> '120.0 GFLOP/s'; 2.1e10 bytes_per_s -> '21.0 GB/s'."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    if unit == "flops_per_s":
+        return f"{value / 1e12:,.2f} TFLOP/s" if value >= 1e12 else f"{value / 1e9:,.1f} GFLOP/s"
+    if unit == "bytes_per_s":
+        return f"{value / 1e9:,.1f} GB/s"
+    return f"{value:,.3g} {unit}"
 
 
 def _environment(autoescape: bool):
@@ -330,6 +413,8 @@ def _environment(autoescape: bool):
         lstrip_blocks=True,
     )
     env.filters["num"] = lambda v, d=2: "-" if v is None else f"{v:,.{d}f}"
+    env.filters["rate"] = rate_text
+    env.filters["pct"] = lambda v: "-" if v is None else f"{100 * v:.0f} %"
     env.filters["md"] = lambda v: str(v).replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
     env.globals["svg"] = lambda text: __import__("markupsafe").Markup(text) if text else ""
     return env
@@ -366,15 +451,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    probes = results.load_probes(args.dirs, warn)
     if not records:
         print(f"warning: no valid results in {', '.join(map(str, args.dirs))}; the report is empty",
               file=sys.stderr)
-    ctx = context(records, warnings)
+    ctx = context(records, warnings, probes=probes)
     try:
         results.write_atomic(args.output, render_html(ctx))
         print(f"wrote {args.output} ({len(records)} results, {len(warnings)} warnings)")
         if args.markdown:
-            results.write_atomic(args.markdown, render_markdown(context(records, warnings, with_plots=False)))
+            results.write_atomic(args.markdown, render_markdown(context(records, warnings, with_plots=False, probes=probes)))
             print(f"wrote {args.markdown}")
     except results.OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)

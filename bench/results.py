@@ -22,6 +22,9 @@ NOT_OK = ("failed", "oom", "timeout")  # a run that should have worked and did n
 NO_IMAGE_VARIANT = "venv"
 # A result is a few kB; anything far larger is not one (and is never read whole).
 MAX_RESULT_BYTES = 4 << 20
+# The "format" of a ceiling-probe doc (bench/probes): it lives in results folders beside the
+# results, and load_results passes it by without a word.
+PROBE_FORMAT = "bench-probe-1"
 
 
 class ResultSchemaError(ValueError):
@@ -308,7 +311,8 @@ def load_results(folders, warn) -> list[dict]:
             try:
                 record = load_result(path)
             except ResultSchemaError as exc:
-                warn(f"warning: skipped {exc}")
+                if not is_probe_doc(path):
+                    warn(f"warning: skipped {exc}")
                 continue
             key = identity(record)
             if key in chosen:
@@ -322,3 +326,40 @@ def load_results(folders, warn) -> list[dict]:
             else:
                 chosen[key] = (path, record)
     return [record for _, record in chosen.values()]
+
+
+def is_probe_doc(path: Path) -> bool:
+    """Whether path holds a JSON object whose "format" is a probe doc's (valid or not)."""
+    try:
+        doc = json.loads(_read_regular_file(Path(path), MAX_RESULT_BYTES).decode("utf-8"),
+                         parse_constant=_refuse_constant)
+    except (OSError, ValueError, RecursionError):  # ResultSchemaError is a ValueError
+        return False
+    return isinstance(doc, dict) and doc.get("format") == PROBE_FORMAT
+
+
+def load_probes(folders, warn) -> list[dict]:
+    """Every valid probe doc (bench/probes) under the folders, in path order, each copy once.
+    Results are passed by silently; an invalid probe doc is skipped with a warning naming it."""
+    from .probe import load_probe
+
+    found, seen = [], {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"results folder {printable(folder)} does not exist")
+        for path in result_files(folder, warn):
+            if not is_probe_doc(path):
+                continue
+            try:
+                doc = load_probe(path)
+            except ValueError as exc:
+                warn(f"warning: skipped {exc}")
+                continue
+            key = json.dumps(doc, sort_keys=True)
+            if key in seen:
+                warn(f"warning: skipped {printable(path)}: a copy of {printable(seen[key])}")
+                continue
+            seen[key] = path
+            found.append(doc)
+    return found

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
-from . import envinfo, precisions, results, stats, tasks
+from . import envinfo, flops, hardware, precisions, results, stats, tasks
+from . import telemetry as telemetry_mod
 from .errors import DeviceUnavailable, UnsupportedPrecision
 
 
@@ -106,11 +107,13 @@ class Epochs:
     per epoch, in order, from the same seeded generator), and an epoch's copy is x[order], the
     per-epoch loop's shuffled arrays: both paths train on the same batches. measure_training
     calls finish() when the framework returns: not every epoch begun and ended is a FidelityError.
+    A telemetry (bench/telemetry.py) is told each epoch's section, outside its clock.
     """
 
     def __init__(self, fw, dev, spec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, log,
-                 precision: str = precisions.DEFAULT):
+                 precision: str = precisions.DEFAULT, telemetry=None):
         self.fw, self.dev, self.spec, self.log, self.precision = fw, dev, spec, log, precision
+        self.telemetry = telemetry or telemetry_mod.Off()
         self.count, self.batch_size = spec.epochs, spec.batch_size
         self.num_batches = len(x) // spec.batch_size
         self.times: list = []
@@ -143,6 +146,7 @@ class Epochs:
             self._open, self._begun = epoch, True
             self._progress = Progress(self._label(epoch), self.num_batches)
         self.fw.synchronize(self.dev)
+        self.telemetry.begin()
         self._start = time.perf_counter()
 
     def batch(self, index: int):
@@ -184,6 +188,7 @@ class Epochs:
             raise self._order_error("end", epoch)
         self.fw.synchronize(self.dev)
         elapsed = time.perf_counter() - self._start
+        self.telemetry.end()
         with self._lock:
             self._open = None
             read = min(self._served - epoch * self.num_batches, self.num_batches)
@@ -300,11 +305,13 @@ DRIVES = ("auto", "per-epoch", "all-epochs")
 
 
 def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "auto",
-                     precision: str = precisions.DEFAULT, device: str = "cpu") -> Measurement:
+                     precision: str = precisions.DEFAULT, device: str = "cpu", telemetry=None) -> Measurement:
     """Train and time every epoch, then predict. `drive` "auto" hands all epochs to the framework's
     train_<task>_epochs through an Epochs where it has one (the harness keeps the clock at the
     epoch boundaries), else calls its train_<task>_epoch once per epoch; "per-epoch" and
-    "all-epochs" force one or the other (benchmarks/keras_epoch_timing.py compares them)."""
+    "all-epochs" force one or the other (benchmarks/keras_epoch_timing.py compares them).
+    telemetry (bench/telemetry.py) samples beside each epoch's clock."""
+    telemetry = telemetry or telemetry_mod.Off()
     if drive not in DRIVES:
         raise ValueError(f"drive must be one of {', '.join(DRIVES)}, got {drive!r}")
     build_name, epoch_name, predict_name = TRAINING_API[spec.name]
@@ -321,7 +328,7 @@ def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "aut
     rng = np.random.default_rng(seed)
     epoch_times, loss = [], None
     if all_at_once:
-        epochs = Epochs(fw, dev, spec, task_data.x_train, task_data.y_train, rng, log, precision)
+        epochs = Epochs(fw, dev, spec, task_data.x_train, task_data.y_train, rng, log, precision, telemetry)
         train_all(model, epochs, spec)  # what it returns is not used: end() was handed each loss
         epochs.finish()
         epoch_times, loss = epochs.times, epochs.losses[-1]
@@ -332,10 +339,12 @@ def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "aut
             label = f"[{fw.NAME} {spec.name}] epoch {epoch + 1}/{spec.epochs}"
             batches = Epoch(x, y, spec.batch_size, Progress(label, len(x) // spec.batch_size))
             fw.synchronize(dev)
+            telemetry.begin()
             start = time.perf_counter()
             loss = train_epoch(model, batches, spec)
             fw.synchronize(dev)
             epoch_times.append(time.perf_counter() - start)
+            telemetry.end()
             loss = float(loss)
             if not math.isfinite(loss):
                 raise _non_finite_loss(spec, loss, epoch + 1, precision)
@@ -362,7 +371,8 @@ def check_features(features, spec) -> np.ndarray:
 
 
 def measure_inference(fw, dev, spec, task_data, seed: int, log,
-                      precision: str = precisions.DEFAULT, device: str = "cpu") -> Measurement:
+                      precision: str = precisions.DEFAULT, device: str = "cpu", telemetry=None) -> Measurement:
+    telemetry = telemetry or telemetry_mod.Off()
     fw.set_seed(seed)
     model = fw.build_resnet50(spec, dev)
     params = int(fw.count_params(model))
@@ -375,12 +385,14 @@ def measure_inference(fw, dev, spec, task_data, seed: int, log,
     fw.synchronize(dev)
     progress = Progress(f"[{fw.NAME} resnet50]", len(timed))
     features = None
+    telemetry.begin()
     start = time.perf_counter()
     for i, batch in enumerate(timed, 1):
         features = fw.extract_features(model, batch)
         progress.update(i)
     fw.synchronize(dev)
     elapsed = time.perf_counter() - start
+    telemetry.end()
     check_features(features, spec)
     images = len(timed) * spec.batch_size
     log(f"[{fw.NAME} resnet50] {images} images in {elapsed:.2f} s")
@@ -475,7 +487,21 @@ def fill_measurements(record: dict, task: str, data_kind: str, runs: list[Measur
     )
     if median_run.numerics is not None:  # what was set for the precision, beside the other conventions
         record["conventions"] = dict(record.get("conventions") or {}, precision=median_run.numerics)
+    add_flops(record)
     return record
+
+
+def add_flops(record: dict) -> None:
+    """Achieved FLOP/s of the compared time and, where the device's peak for the precision is
+    known (bench/hardware.py), the fraction of it (MFU); the reason where it is not."""
+    if not (record.get("device") and record.get("precision") and record.get("hyperparameters")):
+        return  # not a task run's record (a test's partial one): nothing to count by
+    try:
+        peak = hardware.peak_flops(record["device"], record.get("device_name"), record["precision"],
+                                   record.get("env"))
+        flops.annotate(record, peak)
+    except ValueError as exc:  # a FLOP count is never worth failing a measured task over
+        print(f"warning: {record['task']}: no FLOP figures: {exc}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the run
@@ -535,6 +561,11 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
             write_task_result(rec, opts.out, log)
 
     try:
+        telemetry_mod.settings()  # a bad BENCH_TELEMETRY* value is a usage error, before any work
+    except telemetry_mod.TelemetryError as exc:
+        log(f"error: {exc}")
+        return EXIT_USAGE, records
+    try:
         prepare_environment(opts.precision)
         fw = load_framework(opts.module)
         dev = fw.init_device(opts.device, opts.precision)
@@ -564,14 +595,17 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
         if opts.device == "gpu":
             record["device_name"] = versions.get("gpu") or env.get("gpu")
         record["conventions"] = fw.conventions(task, dev)
+        monitor = None
         try:
             task_data = data_mod.task_data(spec, opts.data, channel_first, opts.seed,
                                            opts.data_dir, log=log)
             record["data"], record["data_source"] = task_data.kind, task_data.source
             log(f"[{opts.framework} {task}] data: {task_data.kind} ({task_data.source})")
             measure = measure_inference if task == "resnet50" else measure_training
+            monitor = telemetry_mod.for_run(opts.device, device_memory=_device_memory(fw, dev))
             runs = [measure(fw, dev, spec, task_data, opts.seed + r, log, precision=opts.precision,
-                            device=opts.device) for r in range(opts.repeats)]
+                            device=opts.device, telemetry=monitor) for r in range(opts.repeats)]
+            record["telemetry"] = monitor.finish()
             fill_measurements(record, task, task_data.kind, runs)
         except Exception as exc:  # one task failing never stops the others
             record["status"] = classify_failure(exc)
@@ -579,6 +613,8 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
             record["log_tail"] = "".join(traceback.format_exc().splitlines(True)[-12:])
             log(f"[{opts.framework} {task}] {record['status'].upper()}: {record['error']}")
             exit_code = EXIT_TASK_FAILED
+            if monitor is not None and "telemetry" not in record:  # what was seen up to the failure
+                record["telemetry"] = monitor.finish()
         record["finished_at"] = results.now_iso()
         if not write_task_result(record, opts.out, log):
             exit_code = EXIT_TASK_FAILED if exit_code == EXIT_OK else exit_code
@@ -586,11 +622,20 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
     return exit_code, records
 
 
+def _device_memory(fw, dev):
+    """The framework file's peak device memory counter (section 1), for the telemetry."""
+    peak = getattr(fw, "peak_device_memory", None)
+    return None if peak is None else (lambda: peak(dev))
+
+
 def summary_table(records: list[dict]) -> str:
     rows = [("framework", "task", "device", "data", "status", "params", "time s", "per epoch s",
-             "throughput/s", "s/1000 img", "accuracy")]
+             "throughput/s", "s/1000 img", "accuracy", "GFLOP/s", "MFU", "peak RSS GiB")]
     for r in records:
         epochs = r.get("epoch_times_s") or []
+        achieved = (r.get("flops") or {}).get("achieved_flops_per_s")
+        mfu = (r.get("flops") or {}).get("mfu")
+        rss = (r.get("telemetry") or {}).get("host_memory_peak_bytes")
         rows.append((
             r["framework"], r["task"], r["device"], r.get("data") or "-", r["status"],
             f"{r['params']:,}" if r.get("params") is not None else "-",
@@ -599,6 +644,9 @@ def summary_table(records: list[dict]) -> str:
             _fmt(r.get("throughput"), 1),
             _fmt(r.get("seconds_per_1000")),
             _fmt(r.get("accuracy"), 4),
+            _fmt(achieved / 1e9 if achieved else None, 1),
+            f"{100 * mfu:.0f} %" if mfu is not None else "-",
+            _fmt(rss / 2 ** 30 if rss else None),
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import cli, envinfo, precisions, results, tasks
+from . import verdicts as verdicts_mod
 
 BASELINE_FORMAT = "bench-baseline-2"  # 1: bands of all repeats' median; refused
 DEFAULT_FLOOR = 0.15  # for steady devices (GPUs); shared CPU VMs need more (make-cpu-baseline: 0.35)
@@ -30,7 +31,8 @@ SPREAD_FACTOR = 3.0
 # machine running at half speed (a 2x regression).
 MAX_SPREAD_TOLERANCE = 0.6
 CONFIRM_RUNS = 2  # fresh processes a slow figure gets before it is a FAIL
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_BAND = 0, 1, 2, 4
+# Exit codes, one per kind of outcome (README "Validating a machine"):
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_BAND, EXIT_INCONCLUSIVE, EXIT_HARDWARE = 0, 1, 2, 4, 5, 6
 BASELINE_SCHEMA_PATH = Path(__file__).parent / "schema" / "baseline-v2.schema.json"
 MAX_BASELINE_BYTES = 16 << 20  # thousands of bands; anything larger is not a baseline
 MAX_REPEATS = 1000
@@ -230,6 +232,7 @@ def cmd_baseline(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     bands = make_bands(records, args.floor, warn=_warn)
+    probes = [probe_summary(doc) for doc in results.load_probes(args.dirs, _warn)]
     if not bands:
         print(f"error: no ok results in {', '.join(map(results.printable, args.dirs))} to make a baseline from",
               file=sys.stderr)
@@ -245,6 +248,8 @@ def cmd_baseline(args) -> int:
         "note": args.note,
         "bands": bands,
     }
+    if probes:  # what the probes measured on this machine: validate's floors where the reference has none
+        doc["probes"] = probes
     errors = baseline_errors(doc)
     if errors:  # never write a baseline that validate would refuse
         print(f"error: the baseline made from {', '.join(map(results.printable, args.dirs))} is not valid: "
@@ -255,12 +260,22 @@ def cmd_baseline(args) -> int:
     except OSError as exc:  # results.OutputError names the file and the reason
         print(f"error: {_os_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"wrote {results.printable(args.output)}: {len(bands)} bands from {len(records)} results")
+    print(f"wrote {results.printable(args.output)}: {len(bands)} bands from {len(records)} results"
+          + (f" and {len(probes)} probe runs" if probes else " (no probe run in the folders: validate "
+             "cannot judge this machine's hardware by the baseline's; `python -m bench probe --out DIR` adds one)"))
     for b in bands:
         print(f"  {b['framework']:<18} {b['task']:<9} {b['precision']:<8} {b['device_name']} {'quick' if b['quick'] else 'full'} "
               f"{b['data']}: {b['median']:.3f} +{100 * b['tolerance']:.0f}% "
               f"({b['n']} runs x best of {b['repeats_per_run']})")
     return EXIT_PASS
+
+
+def probe_summary(doc: dict) -> dict:
+    """What a baseline keeps of a probe run: the machine and each figure measured."""
+    keep = ("name", "key", "precision", "unit", "size", "value")
+    return {"device_name": doc["device_name"], "host": doc.get("host"), "started_at": doc.get("started_at"),
+            "probes": [{k: p.get(k) for k in keep} for p in doc.get("probes") or []
+                       if p.get("status") in ("ok", "below floor") and p.get("value")]}
 
 
 def this_device() -> str:
@@ -309,6 +324,8 @@ def cmd_validate(args) -> int:
         print(f"error: cannot make a results folder in {results.printable(args.out or tempfile.gettempdir())}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    health = measure_health(args, baseline, device, out)
+    print(f"[validate] {health['line']}", flush=True)
     verdicts = []
     for framework, precision in runs:
         label = framework if precision == precisions.DEFAULT else f"{framework}-{precision}"
@@ -324,39 +341,94 @@ def cmd_validate(args) -> int:
             return EXIT_USAGE
         first = judge_folder(out / label, label, task_list, bands)
         # A regression must reproduce: a shared host puts a whole process in a slow mode now
-        # and then (seen in 2 of 10 first runs here), so a slow figure gets fresh processes.
-        earlier: dict = {}
+        # and then (seen in 2 of 10 first runs here), so a slow figure gets fresh processes,
+        # all of them: the verdict is the majority's (verdicts.outcome).
+        measured = {v["task"]: [v] for v in first}
+        slow = [v["task"] for v in first if v.get("slow")]
         for attempt in range(1, CONFIRM_RUNS + 1):
-            slow = [v["task"] for v in first if v["verdict"] == "FAIL" and v.get("ratio")]
             if not slow:
                 break
-            for v in first:
-                if v["task"] in slow:
-                    earlier.setdefault(v["task"], []).append(f"{v['ratio']:.2f}x")
             again = out / f"{label}-confirm{attempt}"
             cmd[cmd.index("--tasks") + 1], cmd[cmd.index("--out") + 1] = ",".join(slow), str(again)
             print(f"[validate] slower than the band: {', '.join(slow)}; measuring again in a fresh "
                   f"process (confirmation {attempt} of {CONFIRM_RUNS})", flush=True)
             subprocess.run(cmd)
-            rerun = {v["task"]: v for v in judge_folder(again, label, slow, bands)}
-            for i, v in enumerate(first):
-                if v["task"] in slow and v["task"] in rerun:
-                    first[i] = rerun[v["task"]]
-        for i, v in enumerate(first):
-            if v["task"] in earlier:
-                state = "not reproduced" if v["verdict"] == "PASS" else "reproduced"
-                first[i] = dict(v, line=f"{v['line']} (earlier runs {', '.join(earlier[v['task']])}, {state})")
-        verdicts.extend(first)
+            for v in judge_folder(again, label, slow, bands):
+                measured[v["task"]].append(v)
+        verdicts.extend(conclude(measured[v["task"]], health, device) for v in first)
     print()
-    print(f"{'verdict':<8} {'framework':<19} {'task':<9} {'best rep':>10} {'band':>21} {'ratio':>7}")
+    print(f"{'verdict':<12} {'framework':<19} {'task':<9} {'best rep':>10} {'band':>21} {'ratio':>7}")
     for v in verdicts:
         print(v["line"])
-    failed = [v for v in verdicts if v["verdict"] != "PASS"]
-    missing = [v for v in verdicts if v["verdict"] == "NO BAND"]
-    print(f"\n{len(verdicts) - len(failed)} passed, {len(failed)} failed; results in {out}")
-    if missing and len(missing) == len(failed):
+        if v.get("why"):
+            print(f"{'':<12} why: {v['why']}")
+    counts = {kind: sum(1 for v in verdicts if v["verdict"] == kind)
+              for kind in (verdicts_mod.PASS, verdicts_mod.FAIL, verdicts_mod.INCONCLUSIVE, verdicts_mod.NO_BAND)}
+    print(f"\n{counts['PASS']} passed, {counts['FAIL']} failed, {counts['INCONCLUSIVE']} inconclusive, "
+          f"{counts['NO BAND']} without a band; {health['line']}; results in {out}")
+    return exit_code(verdicts)
+
+
+def exit_code(verdicts: list) -> int:
+    """One code per kind of outcome, the most serious first: a FAIL of the hardware (6), a FAIL
+    not explained by the hardware (1), INCONCLUSIVE (5), figures without a band (4), PASS (0)."""
+    kinds = {v["verdict"] for v in verdicts}
+    if any(v["verdict"] == verdicts_mod.FAIL and v.get("kind") == verdicts_mod.HARDWARE for v in verdicts):
+        return EXIT_HARDWARE
+    if verdicts_mod.FAIL in kinds:
+        return EXIT_FAIL
+    if verdicts_mod.INCONCLUSIVE in kinds:
+        return EXIT_INCONCLUSIVE
+    if verdicts_mod.NO_BAND in kinds:
         return EXIT_NO_BAND
-    return EXIT_FAIL if failed else EXIT_PASS
+    return EXIT_PASS
+
+
+def line_of(verdict: dict, suffix: str = "") -> str:
+    return f"{verdict['verdict']:<12} {verdict['body']}{suffix}"
+
+
+def conclude(measured: list, health: dict, device: str) -> dict:
+    """The verdict of one figure from every process that measured it (the first, then the
+    confirmations), with the attribution line (why) of a FAIL and kind HARDWARE, SOFTWARE or
+    UNJUDGED."""
+    first = measured[0]
+    if first["verdict"] == verdicts_mod.NO_BAND or not first.get("slow"):
+        if first["verdict"] == verdicts_mod.FAIL:  # the run failed, or a band that is no number
+            return dict(first, kind=verdicts_mod.SOFTWARE, line=line_of(first))
+        return dict(first, line=line_of(first))
+    slow = [v.get("slow", True) for v in measured]  # a confirmation that wrote no result counts slow
+    timed = [v for v in measured if "ratio" in v]
+    noise = verdicts_mod.noise_text([v["ratio"] for v in timed])
+    verdict = verdicts_mod.outcome(slow)
+    counted = f"slow in {sum(slow)} of {len(slow)} processes"
+    if verdict == verdicts_mod.PASS:
+        shown = dict(min(timed, key=lambda v: v["ratio"]), verdict=verdict)
+        return dict(shown, line=line_of(shown, f" ({counted}, not reproduced: {noise})"))
+    shown = dict(timed[-1], verdict=verdict)
+    if verdict == verdicts_mod.INCONCLUSIVE:
+        return dict(shown, line=line_of(shown, f" ({counted}: too noisy to tell, {noise}; "
+                                               "measure again on a quieter machine)"))
+    kind, why = verdicts_mod.attribute([v.get("record") for v in measured], health, device)
+    return dict(shown, kind=kind, why=why, line=line_of(shown, f" ({counted}, reproduced: {noise})"))
+
+
+def measure_health(args, baseline: dict, device: str, out: Path) -> dict:
+    """The ceiling probes, first: `bench probe` in its own process (on a GPU it finds the
+    environment with PyTorch or CuPy), judged against the reference floors for this model, else
+    against the baseline machine's own probe."""
+    if args.skip_probe:
+        return verdicts_mod.machine_health(None, why_not="--skip-probe")
+    folder = out / "probe"
+    # Full size whatever the run size: a probe must reach the ceiling (CPU: seconds; GPU: a minute).
+    cmd = [sys.executable, "-m", "bench", "probe", "--device", device, "--out", str(folder)]
+    print(f"[validate] {' '.join(cmd[1:])}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(cmd)
+    docs = results.load_probes([folder], _warn)
+    if not docs:
+        return verdicts_mod.machine_health(None, why_not=f"`bench probe` exited {proc.returncode} and wrote no probe")
+    return verdicts_mod.machine_health(docs[-1], baseline.get("probes") or [])
 
 
 def plan_runs(bands: list, frameworks=None, wanted=None) -> list:
@@ -384,37 +456,39 @@ def judge_folder(folder: Path, framework: str, task_list: list, bands: list[dict
             continue
         found[record["task"]] = judge(record, bands)
     missing = "the run wrote no valid result (see its output above)"
-    return [found.get(task) or {"verdict": "FAIL", "task": task,
-                                "line": f"{'FAIL':<8} {framework:<19} {task:<9} {missing}"}
+    return [found.get(task) or {"verdict": verdicts_mod.FAIL, "task": task,
+                                "body": f"{framework:<19} {task:<9} {missing}"}
             for task in task_list]
 
 
 def judge(record: dict, bands: list[dict]) -> dict:
+    """One process's figure against its band: verdict, body (the table line after the verdict),
+    ratio and slow where the figure is a number."""
     task = record["task"]
     name = record["framework"] if record["precision"] == precisions.DEFAULT else f"{record['framework']} {record['precision']}"
     if record["status"] != "ok":
-        return {"verdict": "FAIL", "task": task, "line": f"{'FAIL':<8} {name:<19} {task:<9} run {record['status']}: "
-                                           f"{record['error']}"}
+        return {"verdict": verdicts_mod.FAIL, "task": task, "record": record,
+                "body": f"{name:<19} {task:<9} run {record['status']}: {record['error']}"}
     band = find_band(bands, record)
     value = best(record)
     if band is None:
-        return {"verdict": "NO BAND", "task": task, "line": f"{'NO BAND':<8} {name:<19} {task:<9} {value:>10.3f} "
-                                              f"no band for {_key_tuple(band_key(record))}"}
+        return {"verdict": verdicts_mod.NO_BAND, "task": task, "record": record,
+                "body": f"{name:<19} {task:<9} {value:>10.3f} no band for {_key_tuple(band_key(record))}"}
     median, high, low = band.get("median"), band.get("high"), band.get("low")
     # PASS only where every number is a real one: a NaN compares false with everything, so
     # the test is written as the condition to pass, never as the condition to fail.
     sound = all(_finite(v) for v in (value, median, high, low, band.get("tolerance"))) and median > 0
     if not sound:
-        return {"verdict": "FAIL", "task": task,
-                "line": f"{'FAIL':<8} {name:<19} {task:<9} {value!r:>10} the band (median {median!r}, "
+        return {"verdict": verdicts_mod.FAIL, "task": task, "record": record,
+                "body": f"{name:<19} {task:<9} {value!r:>10} the band (median {median!r}, "
                         f"high {high!r}) or the figure is not a finite positive number"}
     ratio = value / median
-    verdict = "PASS" if value <= high else "FAIL"
+    slow = not value <= high
     note = " (faster than the band)" if value < low else ""
-    return {"verdict": verdict, "ratio": ratio, "task": task,
-            "line": f"{verdict:<8} {name:<19} {task:<9} {value:>10.3f} "
-                    f"{median:>9.3f} +{100 * band['tolerance']:>3.0f}% ({high:.3f}) "
-                    f"{ratio:>6.2f}x{note}"}
+    return {"verdict": verdicts_mod.FAIL if slow else verdicts_mod.PASS, "ratio": ratio, "slow": slow,
+            "task": task, "record": record,
+            "body": f"{name:<19} {task:<9} {value:>10.3f} {median:>9.3f} +{100 * band['tolerance']:>3.0f}% "
+                    f"({high:.3f}) {ratio:>6.2f}x{note}"}
 
 
 def _finite(value) -> bool:
@@ -472,5 +546,7 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=_repeats, default=None,
                    help=f"repeats per run, 1 to {MAX_REPEATS} (default: as many as the baseline's runs had)")
     p.add_argument("--out", type=Path, default=None, help="folder for the results (default: a new temp folder)")
+    p.add_argument("--skip-probe", action="store_true",
+                   help="do not run the ceiling probes first (a FAIL then cannot say whether the hardware is to blame)")
     p.set_defaults(handler=cmd_validate)
 

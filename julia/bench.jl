@@ -50,6 +50,25 @@ end
 synchronize(device) = device == "gpu" ? CUDA.synchronize() : nothing
 version_of(m::Module) = string(Pkg.dependencies()[Base.PkgId(m).uuid].version)
 seconds() = time_ns() / 1e9
+# Unix seconds: the harness cuts the telemetry it samples from outside to these timed sections.
+unix_time() = time()
+
+# Peak device memory (a framework file's peak_device_memory): the high watermark of CUDA.jl's
+# stream-ordered memory pool (CU_MEMPOOL_ATTR_USED_MEM_HIGH, set back to zero on each call, as
+# the driver allows), which Knet's CuArrays are allocated from; nothing on the CPU.
+function peak_device_memory(device)
+    device == "gpu" || return nothing
+    dev = CUDA.device()
+    if !(CUDA.version() >= v"11.3" && CUDA.stream_ordered(dev))  # CUDA.used_memory()'s condition
+        return Dict("peak_bytes" => nothing, "counter" => nothing, "scope" => nothing,
+                    "note" => "CUDA.jl is not on CUDA's stream-ordered memory pool here (a driver before 11.3, or JULIA_CUDA_MEMORY_POOL)")
+    end
+    pool = CUDA.memory_pool(dev)
+    peak = Int(CUDA.attribute(UInt64, pool, CUDA.MEMPOOL_ATTR_USED_MEM_HIGH))
+    CUDA.attribute!(pool, CUDA.MEMPOOL_ATTR_USED_MEM_HIGH, UInt64(0))
+    Dict("peak_bytes" => peak, "counter" => "CUDA.jl memory pool attribute MEMPOOL_ATTR_USED_MEM_HIGH",
+         "scope" => "since the last call")
+end
 device_array(x) = convert(Knet.array_type[], x)
 count_params(model) = sum(length, params(model))
 
@@ -215,10 +234,12 @@ function train(model, x, y, spec, device, seed)
     rng = MersenneTwister(seed)  # one permutation per epoch from a seeded generator
     n = length(y)
     bs = spec.batch_size
-    times, losses = Float64[], Float64[]
+    times, losses, windows = Float64[], Float64[], Vector{Float64}[]
+    peak_device_memory(device)  # resets the counter: the epochs' peak alone
     for epoch in 1:spec.epochs
         order = randperm(rng, n)
         synchronize(device)
+        opened = unix_time()
         start = seconds()
         total = 0.0
         for b in 1:(n ÷ bs)
@@ -231,10 +252,11 @@ function train(model, x, y, spec, device, seed)
         end
         synchronize(device)
         push!(times, seconds() - start)
+        push!(windows, [opened, unix_time()])
         push!(losses, total / (n ÷ bs))
         println(stderr, "[knet $(spec.name)] epoch $epoch/$(spec.epochs): $(round(times[end]; digits=2)) s, mean loss $(round(losses[end]; digits=4))")
     end
-    times, losses
+    times, losses, windows, peak_device_memory(device)
 end
 
 function predict(model, x, spec)
@@ -289,14 +311,19 @@ function extract(model, x, spec, device)
         model(batch(i))  # cold start, untimed
     end
     synchronize(device)
+    peak_device_memory(device)  # resets the counter: the timed batches' peak alone
+    opened = unix_time()
     start = seconds()
     features = nothing
     for i in spec.warmup_batches:spec.warmup_batches + spec.batches - 1
         features = Array(model(batch(i)))
     end
     synchronize(device)
-    Dict("time_total_s" => seconds() - start, "images" => spec.batches * bs,
-         "features_shape" => [size(features, 2), size(features, 1)]), eltype(features)
+    elapsed = seconds() - start
+    window = [opened, unix_time()]
+    Dict("time_total_s" => elapsed, "images" => spec.batches * bs,
+         "features_shape" => [size(features, 2), size(features, 1)],
+         "timed_windows" => [window], "device_memory" => peak_device_memory(device)), eltype(features)
 end
 
 # ---------------------------------------------------------------- the task
@@ -326,7 +353,7 @@ function main()
         model = images ? build_cnn(SPEC) : build_rnn(SPEC)
         x_train = images ? knet_images(arrays["x_train"]) : Int.(arrays["x_train"])
         x_test = images ? knet_images(arrays["x_test"]) : Int.(arrays["x_test"])
-        times, losses = train(model, x_train, Int.(arrays["y_train"]), SPEC, device, REQUEST.seed)
+        times, losses, windows, memory = train(model, x_train, Int.(arrays["y_train"]), SPEC, device, REQUEST.seed)
         logits = predict(model, x_test, SPEC)
         npzwrite(String(REQUEST.logits), Float32.(logits))
         conventions = images ? Dict{String,Any}("layout" => "WHCN (Knet)", "init" => "xavier_uniform, zero biases",
@@ -335,7 +362,7 @@ function main()
                                        "timing" => "timed in Julia")
         conventions["precision"] = precision_state(precision, device, capability, model, eltype(logits))
         Dict("epoch_times_s" => times, "losses" => losses, "params" => count_params(model),
-             "conventions" => conventions)
+             "conventions" => conventions, "timed_windows" => windows, "device_memory" => memory)
     end
     open(REQUEST.measurement, "w") do io
         JSON3.write(io, merge(result, versions))

@@ -164,7 +164,19 @@ synchronize <- function(device) {
   if (device == "gpu") tf$test$experimental$sync_devices()
 }
 
+# Peak device memory (a framework file's peak_device_memory): the peak of TensorFlow's GPU
+# allocator since the last call (reset on each call); NULL on the CPU.
+peak_device_memory <- function(device) {
+  if (device != "gpu") return(NULL)
+  peak <- tf$config$experimental$get_memory_info("GPU:0")$peak
+  tf$config$experimental$reset_memory_stats("GPU:0")
+  list(peak_bytes = as.numeric(peak), counter = "tf.config.experimental.get_memory_info('GPU:0')['peak']",
+       scope = "since the last call")
+}
+
 elapsed <- function() proc.time()[["elapsed"]]
+# Unix seconds: the harness cuts the telemetry it samples from outside to these timed sections.
+unix_time <- function() as.numeric(Sys.time())
 
 count_params <- function(model) {
   sum(vapply(model$trainable_weights, function(w) as.numeric(py_to_r(np$size(w$numpy()))), numeric(1)))
@@ -283,16 +295,20 @@ train <- function(model, x, y, spec, device, orders) {
   clock <- new.env()
   clock$times <- numeric(0)
   clock$losses <- numeric(0)
+  clock$windows <- list()  # each epoch's [start, end] in Unix seconds
   EpochClock <- PyClass("EpochClock", inherit = keras$callbacks$Callback, defs = list(
     `__module__` = "bench_r",
     on_epoch_begin = function(self, epoch, logs = NULL) {
       synchronize(device)
+      if (epoch == 0L) peak_device_memory(device)  # resets the counter: the epochs' peak alone
+      clock$opened <- unix_time()
       clock$start <- elapsed()
       NULL
     },
     on_epoch_end = function(self, epoch, logs = NULL) {
       synchronize(device)
       clock$times <- c(clock$times, elapsed() - clock$start)
+      clock$windows[[length(clock$windows) + 1L]] <- c(clock$opened, unix_time())
       if (source$served_to < (epoch + 1L) * batches)
         stop(sprintf("epoch %d ended before its %d batches were read", epoch + 1L, batches))
       clock$losses <- c(clock$losses, logs$loss)
@@ -304,7 +320,8 @@ train <- function(model, x, y, spec, device, orders) {
   ))
   model$fit(source, epochs = epochs, steps_per_epoch = batches, shuffle = FALSE, verbose = 0L,
             callbacks = list(EpochClock()))
-  list(epoch_times_s = I(clock$times), losses = I(clock$losses))  # I(): JSON arrays even for one epoch
+  list(epoch_times_s = I(clock$times), losses = I(clock$losses),  # I(): JSON arrays even for one epoch
+       timed_windows = clock$windows, device_memory = peak_device_memory(device))
 }
 
 # ---------------------------------------------------------------- ResNet-50
@@ -320,15 +337,19 @@ extract <- function(model, x, spec, device) {
   warmup <- as.integer(spec$warmup_batches)
   for (i in seq_len(warmup) - 1L) model$predict_on_batch(batch(i))  # cold start, untimed
   synchronize(device)
+  peak_device_memory(device)  # resets the counter: the timed batches' peak alone
+  opened <- unix_time()
   start <- elapsed()
   features <- NULL
   for (i in seq_len(spec$batches) + warmup - 1L) features <- model$predict_on_batch(batch(i))
   synchronize(device)
   elapsed_s <- elapsed() - start
+  window <- c(opened, unix_time())
   features <- np$asarray(features, dtype = "float32")  # float32 whatever the compute dtype
   list(time_total_s = elapsed_s, images = spec$batches * bs,
        features_shape = as.integer(py_to_r(np$shape(features))),
-       features_dtype = builtins$str(features$dtype))
+       features_dtype = builtins$str(features$dtype),
+       timed_windows = list(window), device_memory = peak_device_memory(device))
 }
 
 # What each task's model does by convention (the measurement's and the equivalence check's).

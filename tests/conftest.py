@@ -85,3 +85,16 @@ def require_env(fw) -> Path:
 def run_bench(*args, env=None, timeout=1800) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def fake_program_on_path(tmp_path: Path, name: str, text: str, **env) -> dict:
+    """An environment whose PATH finds `name` first: an executable tmp_path/bin/name holding text."""
+    import os
+    import stat
+
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    program = folder / name
+    program.write_text(text)
+    program.chmod(program.stat().st_mode | stat.S_IEXEC)
+    return dict(os.environ, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}", **env)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import sys
 
 import pytest
 
 from bench import frameworks, results
-from conftest import require_env, run_bench
+from conftest import fake_program_on_path, require_env, run_bench
 
 FAKE_JULIA = """#!{python}
 # Stands in for `julia --project=... bench.jl request.json`: answers like julia/bench.jl.
@@ -55,12 +54,7 @@ json.dump(m, open(request["measurement"], "w"))
 
 @pytest.fixture
 def fake_julia(tmp_path):
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    julia = folder / "julia"
-    julia.write_text(FAKE_JULIA.format(python=sys.executable))
-    julia.chmod(julia.stat().st_mode | stat.S_IEXEC)
-    return dict(os.environ, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return fake_program_on_path(tmp_path, "julia", FAKE_JULIA.format(python=sys.executable))
 
 
 def _records(folder):

@@ -194,3 +194,42 @@ def test_no_precision_ab_without_fp32_beside_it(tmp_path):
     only = [_precision_result(base, "amp-bf16", 8.0)]
     assert report.precision_ab(only) == []
     assert report.precision_state_text([dict(base, conventions=None)]) == "not recorded"
+
+
+def _gpu_telemetry(energy_j: float, flags=()) -> dict:
+    return {"enabled": True, "interval_s": 0.5, "samples": 40, "timed_s": 20.0, "sections": "timed",
+            "host_memory_peak_bytes": 3 * 2 ** 30, "host_memory_scope": "process", "host_cpu_busy_other": 0.0,
+            "device_memory": {"peak_bytes": 5 * 2 ** 30, "counter": "torch.cuda.max_memory_allocated",
+                              "scope": "since the last call"},
+            "gpu": {"index": 0, "name": "Tesla K80", "energy_j": energy_j, "energy_source": "counter",
+                    "power_w_mean": 150.0, "power_w_max": 160.0, "sm_clock_mhz_mean": 800.0,
+                    "sm_clock_mhz_max": 824.0, "temperature_c_max": 70.0, "throttle": {"power cap": 0.4},
+                    "ecc_before": None, "ecc_after": None, "pcie": None, "foreign_processes": []},
+            "flags": [{"kind": k, "text": t} for k, t in flags]}
+
+
+def test_resources_and_machine_health_are_reported(tmp_path, results_dir):
+    # A GPU result with energy, device memory, FLOPs and a flag; a real CPU probe beside it.
+    from bench import probe, probes, runner
+
+    path = next(p for p in sorted(results_dir.glob("*.json")) if "cnn-gpu" in p.name)
+    record = json.loads(path.read_text())
+    if record["status"] != "ok":
+        record = json.loads(next(p for p in sorted(results_dir.glob("*cnn-cpu*.json"))).read_text())
+        record.update(device="gpu", device_name="Tesla K80")
+    record["telemetry"] = _gpu_telemetry(2560.0, [("throttle", "throttled (power cap) for 40 % of the run")])
+    runner.add_flops(record)
+    assert record["flops"]["achieved_flops_per_s"] > 0 and record["flops"]["mfu"] is None  # no K80 row
+    path.unlink()
+    results.write_result(record, results_dir, "gpu-cnn.json")
+    probe.write_probe(probes.run_probes("cpu", quick=True, log=lambda m: None), results_dir)
+    html, md, proc = _render(tmp_path, results_dir)
+    assert "probe" not in proc.stderr  # a probe doc is no foreign file
+    assert "<h3>Resources</h3>" in html and "Machine health" in html and "## Machine health" in md
+    samples = record["samples"]["train"] * len(record["repeats"])
+    assert f"{1000 * 2560.0 / samples:,.1f} J" in html  # energy per 1,000 samples over every repeat
+    assert "5.00 GiB" in html and "3.00 GiB" in html
+    assert f"{record['flops']['achieved_flops_per_s'] / 1e12:,.3f} TFLOP/s" in md
+    assert "throttled (power cap) for 40 % of the run" in html and "throttled (power cap)" in md
+    assert "GFLOP/s" in html and "gemm fp32" in html  # the probe's table
+    assert "| gemm fp32 |" in md

@@ -193,3 +193,18 @@ def test_a_started_at_that_is_not_a_date_time_is_refused():
     results.validate(rec)  # as written: valid
     with pytest.raises(results.ResultSchemaError, match="started_at"):
         results.validate(dict(rec, started_at="yesterday"))
+
+
+def test_every_ok_result_carries_its_flop_rate_peak_memory_and_the_peak_or_why_not(tmp_path, monkeypatch):
+    from bench import flops
+
+    _, _, on_disk = _run(tmp_path, monkeypatch, repeats=2)
+    for r in on_disk:
+        fl = r["flops"]
+        assert fl["per_sample"] == flops.per_sample(r["task"], flops.spec_from_hyperparameters(r["task"], r["hyperparameters"]))[
+            "forward" if r["task"] == "resnet50" else "training"]
+        samples = r["samples"]["images" if r["task"] == "resnet50" else "train"]
+        assert fl["achieved_flops_per_s"] == pytest.approx(fl["per_sample"] * samples / r["time_total_s"])
+        # the CPU's peak, or why it is unknown: never a silent blank
+        assert (fl["peak_flops_per_s"] is None) == (fl["mfu"] is None) and fl["peak_source"]
+        assert r["telemetry"]["enabled"] and r["telemetry"]["host_memory_peak_bytes"] > 0

@@ -3,6 +3,7 @@ as fast, refuse silently passing where there is no band."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -19,6 +20,9 @@ def measured(tmp_path_factory):
     proc = run_bench("run", "--framework", FRAMEWORK, "--tasks", "rnn,resnet50", "--quick",
                      "--data", "synthetic", "--repeats", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # The ceiling probes on the machine the bands come from (validate's floors for this CPU).
+    probe = run_bench("probe", "--device", "cpu", "--out", str(out))
+    assert probe.returncode == 0, probe.stdout + probe.stderr[-2000:]
     return out
 
 
@@ -35,15 +39,18 @@ def test_baseline_has_one_band_per_figure(baseline):
     doc = json.loads(baseline.read_text())
     assert doc["format"] == validate.BASELINE_FORMAT
     assert sorted(b["task"] for b in doc["bands"]) == ["resnet50", "rnn"]
+    [probe] = doc["probes"]  # the probe run in the same folder, kept for validate's floors
+    assert {p["key"] for p in probe["probes"]} >= {"gemm_fp32", "memory_bandwidth"}
+    assert all(p["value"] > 0 for p in probe["probes"])
     for band in doc["bands"]:
         assert band["n"] == 1 and band["repeats_per_run"] == 3  # one process, best of 3 repeats
         assert band["quick"] is True and band["data"] == "synthetic"
         assert band["tolerance"] >= 0.6 and band["high"] > band["median"] > band["low"]
 
 
-def _validate(baseline_path, tmp_path):
+def _validate(baseline_path, tmp_path, tasks="rnn,resnet50"):
     return run_bench("validate", "--baseline", str(baseline_path), "--framework", FRAMEWORK,
-                     "--tasks", "rnn,resnet50", "--quick", "--repeats", "1", "--out", str(tmp_path))
+                     "--tasks", tasks, "--quick", "--repeats", "1", "--out", str(tmp_path))
 
 
 def test_validate_passes_against_a_baseline_from_this_machine(baseline, tmp_path):
@@ -58,27 +65,57 @@ def test_validate_passes_against_a_baseline_from_this_machine(baseline, tmp_path
     wide.write_text(json.dumps(doc))
     proc = _validate(wide, tmp_path / "out")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert proc.stdout.count("PASS") >= 2 and "2 passed, 0 failed" in proc.stdout
+    assert proc.stdout.count("PASS") >= 2 and "2 passed, 0 failed, 0 inconclusive" in proc.stdout
+    assert "[validate] probe: " in proc.stdout  # the probes ran first and were judged
     assert list((tmp_path / "out").rglob("*.json")), "validate keeps the results it measured"
 
 
-def test_validate_fails_against_a_baseline_twice_as_fast(baseline, tmp_path):
+def _twice_as_fast(baseline, tmp_path, probe_factor=1.0):
     doc = json.loads(baseline.read_text())
     for band in doc["bands"]:
         band["median"] /= 2
         band["high"], band["low"] = band["median"] * 1.1, band["median"] * 0.9
+    # The probes are left alone: this machine is as healthy as the one the baseline came from.
+    # Only what the code guarantees is checked: a probe figure of a healthy machine reaches 75 %
+    # of the baseline's (best of several repeats); a baseline probe 100x this machine's is a
+    # machine far below its floor, whatever the load.
+    for probe in doc["probes"]:
+        for p in probe["probes"]:
+            p["value"] *= probe_factor
     fast = tmp_path / "fast.json"
     fast.write_text(json.dumps(doc))
-    proc = _validate(fast, tmp_path / "out")
-    assert proc.returncode == 1
+    return fast
+
+
+def test_validate_fails_against_a_baseline_twice_as_fast(baseline, tmp_path):
+    proc = _validate(_twice_as_fast(baseline, tmp_path), tmp_path / "out")
+    assert proc.returncode in (validate.EXIT_FAIL, validate.EXIT_HARDWARE), proc.stdout[-3000:]
     fail_lines = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert len(fail_lines) == 2 and all(FRAMEWORK in line for line in fail_lines)
     assert "(confirmation 2 of 2)" in proc.stdout  # a regression is confirmed before it fails
-    assert all(line.endswith("reproduced)") and "not reproduced" not in line for line in fail_lines)
-    ratios = [float(line.split("(earlier")[0].split()[-1].rstrip("x")) for line in fail_lines]
+    assert all("slow in 3 of 3 processes, reproduced" in line for line in fail_lines)
+    ratios = [float(line.split("(slow in")[0].split()[-1].rstrip("x")) for line in fail_lines]
     # Only what the code guarantees: FAIL means slower than the band's high (1.1 x its median).
     # No upper bound: how much slower a loaded machine runs measures the load, not the code.
     assert all(r > 1.1 for r in ratios), fail_lines
+    why = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("why:")]
+    assert len(why) == 2
+    if proc.returncode == validate.EXIT_FAIL:  # the probe found the CPU healthy
+        assert all(w.startswith("why: hardware at its ceiling") for w in why), why
+    else:  # a machine loaded while its probe ran: then the hardware is named, never the software
+        assert all(w.startswith("why: CPU below its floor") or "another process used the CPUs" in w
+                   for w in why), why
+
+
+def test_validate_blames_the_hardware_when_the_probe_is_below_its_floor(baseline, tmp_path):
+    proc = _validate(_twice_as_fast(baseline, tmp_path, probe_factor=100.0), tmp_path / "out", tasks="rnn")
+    assert proc.returncode == validate.EXIT_HARDWARE, proc.stdout[-3000:]
+    assert "[validate] probe: BELOW ITS FLOOR" in proc.stdout
+    why = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("why:")]
+    # about 1/75 of the floor: this machine's figure against 75 % of 100x itself (loads differ between
+    # the two probes, so only "below the floor" is certain)
+    found = re.match(r"why: CPU below its floor: GEMM fp32 at (\d+) % of the floor for this model", why[0] if why else "")
+    assert found and int(found.group(1)) < 100, why
 
 
 def test_no_band_for_this_device_is_a_distinct_exit_code(baseline, tmp_path):

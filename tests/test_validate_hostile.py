@@ -209,7 +209,7 @@ def test_a_nan_band_can_never_pass(env_record):
                    "low": float("nan")}, {"high": float("inf")}, {"median": 0.0}, {"tolerance": float("nan")}):
         verdict = validate.judge(record, [dict(band, **broken)])
         assert verdict["verdict"] == "FAIL", (broken, verdict)
-        assert "not a finite positive number" in verdict["line"]
+        assert "not a finite positive number" in verdict["body"]
     slow = dict(record, repeats=[{"time_total_s": float("nan")}])
     assert validate.judge(slow, [band])["verdict"] == "FAIL"
 
@@ -222,7 +222,7 @@ def test_a_task_whose_run_left_no_result_fails(env_record, tmp_path):
     verdicts = {v["task"]: v for v in validate.judge_folder(tmp_path, "pytorch", ["cnn", "rnn", "resnet50"], bands)}
     assert verdicts["rnn"]["verdict"] == "PASS"
     for task in ("cnn", "resnet50"):
-        assert verdicts[task]["verdict"] == "FAIL" and "wrote no valid result" in verdicts[task]["line"]
+        assert verdicts[task]["verdict"] == "FAIL" and "wrote no valid result" in verdicts[task]["body"]
 
 
 # ---------------------------------------------------------------- output paths

@@ -2,7 +2,7 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics, get_weights, set_weights
+     count_params, conventions, numerics, get_weights, set_weights, peak_device_memory
   2. CNN  3. RNN  4. ResNet-50
 
 Canonical weights (bench/canonical.py, `python -m bench equivalence`), read in Chainer 7.8's source:
@@ -290,6 +290,19 @@ def set_weights(model: Model, task: str, weights: dict) -> None:
             rule = param.update_rule
             if rule is not None:
                 rule._state, rule.t, rule._fp32_param = None, 0, None  # remade at the next update
+
+
+def peak_device_memory(dev: chainer.backend.Device) -> dict | None:
+    """CuPy keeps no peak: the bytes its memory pool holds (in use and cached; the pool gives
+    nothing back unless told), which is at least the peak in use since the process began. None
+    on a CPU."""
+    if dev.xp is np:
+        return None
+    import cupy
+
+    return {"peak_bytes": int(cupy.get_default_memory_pool().total_bytes()),
+            "counter": "cupy.get_default_memory_pool().total_bytes()",
+            "scope": "since the process began (the pool's held bytes)"}
 
 
 def _host(array) -> np.ndarray:

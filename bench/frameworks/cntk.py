@@ -3,7 +3,7 @@ Rosetta Stone used CNTK (momentum_sgd with unit_gain=False, optimized_rnnstack G
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics
+     count_params, conventions, numerics, peak_device_memory
   2. CNN  3. RNN  4. ResNet-50
 Container only: CNTK has wheels for Python 3.5-3.7 alone. This file stays valid Python 3.6
 (tests/test_cntk_static.py checks it), the harness needs 3.7, so docker/cntk uses 3.7.
@@ -182,6 +182,15 @@ def numerics(task, model, dev):
         param_dtype=_one(p.dtype for p in model.z.parameters),
         loss_scaling=precisions.LOSS_SCALING[precision], loss_scaler=None, mechanism=mechanism,
         read_back=["compute_dtype", "param_dtype"], switches=switches)
+
+
+def peak_device_memory(dev):
+    """CNTK 2.7 has no device memory counter (the telemetry's NVML figure for this run's
+    processes, run_memory_bytes_max, stands in); None on a CPU."""
+    if dev != "gpu":
+        return None
+    return {"peak_bytes": None, "counter": None, "scope": None,
+            "note": "CNTK {} exposes no device memory counter".format(C.__version__)}
 
 
 # ---------------------------------------------------------------- 2. CNN

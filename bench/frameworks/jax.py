@@ -2,7 +2,7 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics, get_weights, set_weights
+     count_params, conventions, numerics, get_weights, set_weights, peak_device_memory
   2. CNN  3. RNN  4. ResNet-50
 Flax ships no model zoo, so ResNet-50 is written here (torchvision's layout, NHWC).
 
@@ -246,6 +246,17 @@ def set_weights(model: Model, task: str, weights: dict) -> None:
         model.opt_state = jax.device_put(model.tx.init(model.params), model.dev)
         if model.loss_scale is not None:
             model.loss_scale = jax.device_put(_initial_loss_scale(), model.dev)
+
+
+def peak_device_memory(dev) -> dict | None:
+    """The peak of XLA's GPU allocator; JAX cannot reset it, so it counts from the process's
+    start. None on a CPU."""
+    if dev.platform != "gpu":
+        return None
+    stats = dev.memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return {"peak_bytes": None if peak is None else int(peak),
+            "counter": "jax.Device.memory_stats()['peak_bytes_in_use']", "scope": "since the process began"}
 
 
 def _flat_variables(model: Model) -> dict:

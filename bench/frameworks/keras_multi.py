@@ -2,7 +2,7 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics, get_weights, set_weights
+     count_params, conventions, numerics, get_weights, set_weights, peak_device_memory
   2. CNN  3. RNN  4. ResNet-50
 The matrix entries keras-jax, keras-torch and keras-tensorflow share this file; the
 environment variable KERAS_BACKEND, set by the registry before import, picks the engine.
@@ -357,6 +357,31 @@ def set_weights(model, task: str, weights: dict) -> None:
     built by a training step) is reset, so that training starts from these weights alone."""
     _WEIGHTS[task][1](model, weights)
     _reset_optimizer(model)
+
+
+def peak_device_memory(dev: str) -> dict | None:
+    """The backend's own peak counter on the GPU (reset on each call where the backend can:
+    torch and TensorFlow; JAX's counts from the process's start); None on a CPU."""
+    if dev != "gpu":
+        return None
+    if BACKEND == "torch":
+        import torch
+
+        peak = int(torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        return {"peak_bytes": peak, "counter": "torch.cuda.max_memory_allocated", "scope": "since the last call"}
+    if BACKEND == "jax":
+        import jax
+
+        peak = (jax.devices("gpu")[0].memory_stats() or {}).get("peak_bytes_in_use")
+        return {"peak_bytes": None if peak is None else int(peak),
+                "counter": "jax.Device.memory_stats()['peak_bytes_in_use']", "scope": "since the process began"}
+    import tensorflow as tf
+
+    peak = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    tf.config.experimental.reset_memory_stats("GPU:0")
+    return {"peak_bytes": peak, "counter": "tf.config.experimental.get_memory_info('GPU:0')['peak']",
+            "scope": "since the last call"}
 
 
 def _numpy(variable) -> np.ndarray:

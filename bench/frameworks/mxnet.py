@@ -2,7 +2,7 @@
 
 Same sections as bench/frameworks/pytorch.py:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics, get_weights, set_weights
+     count_params, conventions, numerics, get_weights, set_weights, peak_device_memory
   2. CNN  3. RNN  4. ResNet-50
 
 The canonical weights (bench/canonical.py; `python -m bench equivalence`): MXNet's layouts are
@@ -251,6 +251,17 @@ def set_weights(model: Model, task: str, weights: dict) -> None:
     for _, param in zero:
         param.set_data(nd.zeros(param.shape, ctx=model.ctx, dtype="float32"))
     _reset_trainer(model.trainer)
+
+
+def peak_device_memory(ctx: mx.Context) -> dict | None:
+    """MXNet 1.9 has no peak counter: the GPU's memory in use (cudaMemGetInfo) after the run. Its
+    pooled storage keeps every block it allocated, so this is the pool's high-water mark, plus
+    the CUDA context and any other process on the GPU. None on a CPU."""
+    if ctx.device_type != "gpu":
+        return None
+    free, total = mx.context.gpu_memory_info(ctx.device_id)
+    return {"peak_bytes": int(total - free), "counter": "mx.context.gpu_memory_info(): total - free",
+            "scope": "since the process began (the whole GPU's memory in use)"}
 
 
 def _weight_table(model: Model, task: str) -> tuple:

@@ -2,7 +2,7 @@
 
 Every framework file has these sections, in this order, with these names:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics, get_weights, set_weights
+     count_params, conventions, numerics, get_weights, set_weights, peak_device_memory
   2. CNN: build_cnn, train_cnn_epoch, predict_cnn
   3. RNN: build_rnn, train_rnn_epoch, predict_rnn
   4. ResNet-50: build_resnet50, extract_features
@@ -268,6 +268,16 @@ def set_weights(model: Model, task: str, weights: dict) -> None:
             tensor.copy_(value)
     if model.optimizer is not None:
         model.optimizer.state.clear()  # no momentum buffer, no Adam moments or step count
+
+
+def peak_device_memory(dev: torch.device) -> dict | None:
+    """The most memory torch's tensors held on the GPU since the last call (the peak counter is
+    reset on each call; torch's caching allocator may hold more); None on a CPU."""
+    if dev.type != "cuda":
+        return None
+    peak = int(torch.cuda.max_memory_allocated(dev))
+    torch.cuda.reset_peak_memory_stats(dev)
+    return {"peak_bytes": peak, "counter": "torch.cuda.max_memory_allocated", "scope": "since the last call"}
 
 
 def _scaler(dev: torch.device) -> torch.amp.GradScaler | None:

@@ -3,7 +3,7 @@ tf.GradientTape training step inside tf.function.
 
 The sections of bench/frameworks/pytorch.py, with its names:
   1. framework and device: init_device, set_seed, synchronize, versions, data_format,
-     count_params, conventions, numerics, get_weights, set_weights
+     count_params, conventions, numerics, get_weights, set_weights, peak_device_memory
   2. CNN (build_cnn, train_cnn_epoch, predict_cnn)  3. RNN (build_rnn, train_rnn_epoch,
      predict_rnn)  4. ResNet-50 (build_resnet50, extract_features)
 
@@ -248,6 +248,16 @@ def set_weights(model, task: str, weights: dict) -> None:
         model.optimizer.reset()
     if getattr(model, "loss_scale", None) is not None:
         model.loss_scale.reset()
+
+
+def peak_device_memory(dev: str) -> dict | None:
+    """The peak of TensorFlow's GPU allocator since the last call (reset on each call); None on a CPU."""
+    if dev != "gpu":
+        return None
+    peak = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    tf.config.experimental.reset_memory_stats("GPU:0")
+    return {"peak_bytes": peak, "counter": "tf.config.experimental.get_memory_info('GPU:0')['peak']",
+            "scope": "since the last call"}
 
 
 def _load(variable: tf.Variable, value) -> None:
