@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Commands defined beside the core (sweep, baseline, validate) register here."""
     found = []
-    for module_name in ("bench.table", "bench.sweep", "bench.validate", "bench.equivalence", "bench.probe"):
+    for module_name in ("bench.table", "bench.sweep", "bench.validate", "bench.equivalence", "bench.probe", "bench.compare"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ImportError:

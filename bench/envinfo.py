@@ -106,4 +106,25 @@ def capture() -> dict:
         "python_executable": sys.executable,
         "container_image": container_image(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "cpus_usable": cpus_usable(),
+        "thread_settings": thread_settings(),
     }
+
+
+# Variables that set how many threads the math libraries use: a run under OMP_NUM_THREADS=1 is
+# another machine as far as its figures go, so the record says so (bench compare lists it).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                    "TF_NUM_INTEROP_THREADS", "XLA_FLAGS")
+
+
+def thread_settings(environ=None) -> dict:
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in THREAD_VARIABLES if name in environ}
+
+
+def cpus_usable():
+    """CPUs this process may run on (its affinity mask: taskset, cgroups' cpusets), else the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()

@@ -45,6 +45,7 @@ MAX_NODES = 100_000         # YAML nodes once aliases are expanded ("billion lau
 MAX_DEPTH = 32              # nesting, aliases expanded (matrix.yaml itself needs 5)
 MAX_SCALAR = 4096           # characters in one key or value
 MAX_CELLS = 10_000          # cells of one sweep
+MAX_REPEATS = 100           # repeats of one figure (the schema's maximum too)
 
 # A name that becomes part of file names, cell ids (joined by "__") and job names: letters
 # and digits, single . _ - between them, 1 to 64 characters. \A and \Z (not ^ and $, which
@@ -102,7 +103,7 @@ class Matrix:
         return self.frameworks[framework].get("variants") or {}
 
     def cells(self, executor: str, only_frameworks=None, only_variants=None, only_gpus=None,
-              only_tasks=None, quick=None, only_precisions=None) -> list[Cell]:
+              only_tasks=None, quick=None, only_precisions=None, repeats=None) -> list[Cell]:
         doc = self.doc
         for flag, names in (("--frameworks", only_frameworks), ("--variants", only_variants),
                             ("--gpus", only_gpus), ("--tasks", only_tasks)):
@@ -122,7 +123,7 @@ class Matrix:
         # --precisions chooses among the four names, whatever the matrix lists (a precision A/B
         # on a matrix written for fp32 needs no edit of the file).
         precisions = list(only_precisions or doc.get("precisions", ["fp32"]))
-        repeats = doc.get("repeats", 1)
+        repeats = doc.get("repeats", 1) if repeats is None else repeats
         # Local runs use the framework's virtual environment: there is no image variant.
         venv = executor == "local" or (executor == "slurm"
                                        and self.executor("slurm").get("runner", "venv") == "venv")
@@ -143,13 +144,16 @@ class Matrix:
                 f"{pairs} x {len(chosen_gpus)} x {len(chosen_tasks)} x {len(precisions)} x {repeats} "
                 f"= {count} cells; at most {MAX_CELLS}; narrow the matrix or use "
                 "--frameworks/--variants/--gpus/--tasks")
+        # Repeats outermost: r0 of every cell, then r1, ...: a drift of a shared machine over the
+        # sweep then falls on every side of a comparison alike (bench compare --by), instead of
+        # on whichever cells ran back to back.
         out = []
-        for fw, variants in plan:
-            for variant in variants:
-                for gpu in chosen_gpus:
-                    for task in chosen_tasks:
-                        for precision in precisions:
-                            for repeat in range(repeats):
+        for repeat in range(repeats):
+            for fw, variants in plan:
+                for variant in variants:
+                    for gpu in chosen_gpus:
+                        for task in chosen_tasks:
+                            for precision in precisions:
                                 out.append(Cell(fw, variant, gpu, self.gpus[gpu]["device"], task,
                                                 precision, repeat, bool(quick)))
         if only_variants and executor != "local" and not out:

@@ -101,6 +101,11 @@ class Device:
         value = self._read(lambda: self.lib.nvmlDeviceGetPowerUsage(self.handle))
         return None if value is None else value / 1000.0
 
+    def power_limit_w(self) -> float | None:
+        """The power limit the driver enforces now (a lowered cap slows every kernel)."""
+        value = self._read(lambda: self.lib.nvmlDeviceGetEnforcedPowerLimit(self.handle))
+        return None if value is None else value / 1000.0
+
     def sm_clock_mhz(self) -> int | None:
         return self._read(lambda: int(self.lib.nvmlDeviceGetClockInfo(self.handle, self.lib.NVML_CLOCK_SM)))
 

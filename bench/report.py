@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import precisions, results
+from . import compare, precisions, results
 from .results import variant_of
 from .table import load_folder
 
@@ -51,12 +51,19 @@ class Cell:
         return out
 
     @property
+    def figures(self) -> list:
+        """Every repeat's figure the task is ranked by (lower is better), all records pooled."""
+        return compare.pooled(self.records)
+
+    @property
     def metric(self) -> float:
         """Median of the figure the task is ranked by (lower is better)."""
-        r0 = self.records[0]
-        if r0["task"] == "resnet50":
-            return statistics.median(r["seconds_per_1000"] for r in self.records)
-        return statistics.median(self.totals)
+        return statistics.median(self.figures)
+
+    @property
+    def interval(self) -> tuple | None:
+        """The 95 % interval of that median (order statistics; None below 6 repeats)."""
+        return compare.median_interval(self.figures)
 
     @property
     def per_epoch(self) -> float | None:
@@ -203,14 +210,13 @@ def cuda_ab(records: list[dict], baselines: dict) -> list[dict]:
             continue
         wanted = baselines.get(framework)
         base = wanted if wanted in variants else sorted(variants)[0]
-        base_metric = variants[base].metric
         for name, cell in sorted(variants.items()):
-            rows.append({
+            rows.append(dict({
                 "framework": framework, "device": device, "task": task, "quick": quick,
                 "precision": precision, "variant": name, "baseline": base,
                 "baseline_from": "matrix.yaml" if wanted == base else "first variant",
-                "metric": cell.metric, "speedup": base_metric / cell.metric,
-            })
+                "metric": cell.metric,
+            }, **compare.as_speedup(compare.compare_values(variants[base].figures, cell.figures))))
     return rows
 
 
@@ -240,16 +246,16 @@ def precision_ab(records: list[dict]) -> list[dict]:
             groups.items(), key=lambda item: (item[0][:3], order.get(item[0][3], 99), item[0][4])):
         if precisions.DEFAULT not in by_precision or len(by_precision) < 2:
             continue
-        base = by_precision[precisions.DEFAULT].metric
+        base = by_precision[precisions.DEFAULT]
         for name in sorted(by_precision, key=precisions.PRECISIONS.index):
             if name == precisions.DEFAULT:
                 continue
             cell = by_precision[name]
-            rows.append({
+            rows.append(dict({
                 "framework": framework, "device": device, "variant": variant, "task": task, "quick": quick,
-                "precision": name, "fp32": base, "metric": cell.metric, "speedup": base / cell.metric,
+                "precision": name, "fp32": base.metric, "metric": cell.metric,
                 "state": precision_state_text(cell.records),
-            })
+            }, **compare.as_speedup(compare.compare_values(base.figures, cell.figures))))
     return rows
 
 

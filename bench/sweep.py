@@ -913,7 +913,8 @@ def cmd_sweep(args) -> int:
     try:
         m = matrix_mod.load(args.matrix)
         cells = m.cells(args.executor, args.frameworks, args.variants, args.gpus, args.tasks,
-                        True if args.quick else None, only_precisions=getattr(args, "precisions", None))
+                        True if args.quick else None, only_precisions=getattr(args, "precisions", None),
+                        repeats=getattr(args, "repeats", None))
         for cell in cells:
             check_cell_id(cell.id)
         executor = EXECUTOR_CLASSES[args.executor](m, args)
@@ -1042,6 +1043,17 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _sweep_repeats(text: str) -> int:
+    """--repeats: cells per (framework, variant, GPU, task, precision), as the matrix's repeats."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if not 1 <= value <= matrix_mod.MAX_REPEATS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {matrix_mod.MAX_REPEATS}, got {value}")
+    return value
+
+
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="run every cell of matrix.yaml; resumes, isolates failures")
     p.add_argument("matrix", type=Path, help="the matrix file, e.g. matrix.yaml")
@@ -1054,6 +1066,8 @@ def register(sub) -> None:
     p.add_argument("--precisions", type=cli.precision_list,
                    help="comma-separated, any of fp32,tf32,amp-fp16,amp-bf16 (instead of the matrix's precisions)")
     p.add_argument("--quick", action="store_true", help="--quick size for every cell")
+    p.add_argument("--repeats", type=_sweep_repeats, help="cells r0, r1, ... per figure (overrides repeats:); "
+                   "bench compare needs 4 a side for an interval")
     p.add_argument("--data", choices=("auto", "real", "synthetic"), help="override the matrix's data:")
     p.add_argument("--timeout", type=_timeout, help="seconds per cell (overrides timeout_s); a cell that "
                                                     "runs longer is killed and recorded as timeout")

@@ -46,22 +46,29 @@ def comparison_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _verdict(row: dict) -> str:
+    """'faster, 1.41-1.52x' or 'not enough repeats (n=1, 1)' (bench compare's verdict)."""
+    if row.get("speedup_low") is None:
+        return f"{row['verdict']} (n={row['n_a']}, {row['n_b']})"
+    return f"{row['verdict']}, {row['speedup_low']:.2f}-{row['speedup_high']:.2f}x"
+
+
 def precision_table(records: list[dict]) -> str:
     """Each precision against fp32, per framework and task; a skipped precision shows its reason."""
     from .report import precision_ab  # report imports this module
 
-    lines = ["| framework | device | task | precision | fp32 | time | speed-up | what was set |",
-             "|---|---|---|---|---:|---:|---:|---|"]
+    lines = ["| framework | device | task | precision | fp32 | time | speed-up | verdict | what was set |",
+             "|---|---|---|---|---:|---:|---:|---|---|"]
     for r in precision_ab(records):
         unit = "s/1000 img" if r["task"] == "resnet50" else "s"
         lines.append(f"| {r['framework']} | {r['device']} | {r['task']}{' (quick)' if r['quick'] else ''} | "
                      f"{r['precision']} | {r['fp32']:.2f} {unit} | {r['metric']:.2f} {unit} | "
-                     f"{r['speedup']:.2f}x | {r['state']} |")
+                     f"{r['speedup']:.2f}x | {_verdict(r)} | {r['state']} |")
     skipped = sorted({(r["framework"], r.get("device_name") or r["device"], r["precision"],
                        (r.get("error") or "").replace("UnsupportedPrecision: ", ""))
                       for r in records if r["status"] == "skipped"})
     for framework, device, precision, reason in skipped:
-        lines.append(f"| {framework} | {device} | all | {precision} | | | skipped | {reason.replace('|', '/')} |")
+        lines.append(f"| {framework} | {device} | all | {precision} | | | skipped | | {reason.replace('|', '/')} |")
     return "\n".join(lines)
 
 

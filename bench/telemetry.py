@@ -344,7 +344,7 @@ class Telemetry:
         self._stop = threading.Event()
         self._thread = None
         self.sampler_cpu_s = None  # CPU seconds the sampler thread used (set when it stops)
-        self._ecc_before = self._pcie_max = None
+        self._ecc_before = self._pcie_max = self._power_limit = None
 
     # ---- the edges
 
@@ -355,6 +355,7 @@ class Telemetry:
         if self.gpu is not None:
             self._ecc_before = self.gpu.ecc_errors()
             self._pcie_max = self.gpu.pcie_max()
+            self._power_limit = self.gpu.power_limit_w()
         if self.device_memory_reader is not None:
             self._read_device_memory()  # resets the counter where the framework can
         self.start()
@@ -571,6 +572,7 @@ class Telemetry:
             "energy_j": _finite(energy, 3), "energy_source": source if energy is not None else None,
             "power_w_mean": _finite(energy / timed, 3) if energy is not None and timed > 0 else None,
             "power_w_max": _finite(max(powers), 3) if powers else None,
+            "power_limit_w": _finite(self._power_limit, 3),
             "sm_clock_mhz_mean": _finite(sum(clocks) / len(clocks), 1) if clocks else None,
             "sm_clock_mhz_max": max(clocks) if clocks else None,
             "temperature_c_max": max(temps) if temps else None,

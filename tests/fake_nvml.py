@@ -33,8 +33,8 @@ class NVMLError(Exception):
 class FakeGPU:
     def __init__(self, name="NVIDIA H100 80GB HBM3", uuid="GPU-0000", energy_mj=1_000_000, power_w=300.0,
                  sm_mhz=1980, temp_c=60, reasons=0, ecc=(0, 0), pcie=(5, 16), pcie_max=(5, 16),
-                 processes=None, graphics=None):
-        self.name, self.uuid = name, uuid
+                 processes=None, graphics=None, power_limit_w=700.0):
+        self.name, self.uuid, self.power_limit_w = name, uuid, power_limit_w
         self.energy_mj, self.power_w, self.sm_mhz, self.temp_c = energy_mj, power_w, sm_mhz, temp_c
         self.reasons, self.ecc, self.pcie, self.pcie_max = reasons, ecc, pcie, pcie_max
         self.processes = {} if processes is None else processes  # pid: used bytes (None: not given)
@@ -100,6 +100,9 @@ class FakeNVML:
 
     def nvmlDeviceGetPowerUsage(self, handle):
         return int(_given(handle.power_w) * 1000)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle):
+        return int(_given(handle.power_limit_w) * 1000)  # mW, as NVML gives it
 
     def nvmlDeviceGetClockInfo(self, handle, kind):
         assert kind == NVML_CLOCK_SM

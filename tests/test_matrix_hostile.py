@@ -386,8 +386,8 @@ def test_the_shipped_matrices_validate_against_the_schema(path):
 def test_the_shipped_matrix_expands_as_before():
     m = matrix.load(REPO / "matrix.yaml")
     variants = sum(len(m.variants(fw)) for fw in m.frameworks)
-    assert len(m.cells("docker")) == variants * len(m.gpus) * len(m.doc["tasks"]) == 144
-    assert len(m.cells("local")) == len(m.frameworks) * len(m.gpus) * 3 == 99
+    assert len(m.cells("docker")) == variants * len(m.gpus) * len(m.doc["tasks"]) * m.doc["repeats"] == 144 * 5
+    assert len(m.cells("local")) == len(m.frameworks) * len(m.gpus) * 3 * 5 == 99 * 5
     assert m.cells("slurm")[0].id == "pytorch__venv__cpu__cnn__fp32__r0"
 
 

@@ -187,6 +187,25 @@ def test_precisions_get_their_own_columns_and_an_ab_table_against_fp32(tmp_path)
     html, md, _ = _render(tmp_path, folder)
     assert 'id="precision-ab"' in html and "1.500" in html
     assert "## Precision A/B" in md and "| amp-bf16 | 12.00 | 8.00 | 1.500x |" in md
+    assert "| 1.500x | - | not enough repeats (n=1, 1) |" in md  # one repeat a side: no verdict
+    assert "no interval (n=1, 6 needed)" in html
+
+
+def test_the_ab_tables_and_medians_carry_intervals_and_verdicts(tmp_path):
+    base = _fixture("pytorch-cnn-cpu")
+    folder = tmp_path / "r"
+    for precision, total in (("fp32", 12.0), ("amp-bf16", 8.0)):
+        rec = _precision_result(base, precision, total)
+        rec["repeats"] = [dict(rec["repeats"][0], time_total_s=total * (1 + 0.002 * i)) for i in range(6)]
+        results.write_result(rec, folder, f"{precision}.json")
+    records = [results.load_result(p) for p in folder.glob("*.json")]
+    [row] = report.precision_ab(records)
+    assert row["verdict"] == "faster" and row["speedup_low"] < 1.5 < row["speedup_high"] * 1.01
+    [table] = report.build_tables(records)
+    cell = table.cell(base["framework"], f"{base['device_name']} / venv / fp32")
+    assert cell.interval == (12.0, 12.0 * 1.01)  # 6 repeats: the order statistics 1 and 6
+    html, md, _ = _render(tmp_path, folder)
+    assert "median 95 %: 12.00-12.12" in html and "| faster |" in md
 
 
 def test_no_precision_ab_without_fp32_beside_it(tmp_path):

@@ -154,7 +154,7 @@ def test_matrix_errors_name_the_key_and_its_line(tmp_path, change, message):
 def test_the_shipped_matrix_is_valid_and_expands():
     m = matrix.load(REPO / "matrix.yaml")
     local = m.cells("local", only_gpus=["cpu"], quick=True)
-    assert len(local) == len(m.frameworks) * len(m.doc["tasks"])
+    assert len(local) == len(m.frameworks) * len(m.doc["tasks"]) * m.doc["repeats"]
     assert all(c.variant == "venv" and c.quick for c in local)
     docker_cells = m.cells("docker", only_frameworks=["pytorch"], only_gpus=["h100"])
     assert {c.variant for c in docker_cells} == set(m.variants("pytorch"))
@@ -171,12 +171,30 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
 
 def test_precisions_on_the_command_line_replace_the_matrixs(tmp_path):
     proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
-                     "--tasks", "cnn", "--precisions", "fp32,amp-bf16,fp32", "--dry-run", "--out", str(tmp_path / "o"))
+                     "--tasks", "cnn", "--precisions", "fp32,amp-bf16,fp32", "--repeats", "1", "--dry-run",
+                     "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr
     planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
     assert planned == ["pytorch__venv__cpu__cnn__fp32__r0__quick", "pytorch__venv__cpu__cnn__amp-bf16__r0__quick"]
     proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--precisions", "bf16", "--dry-run")
     assert proc.returncode == 2 and "unknown precision 'bf16' ('bf16' is now 'amp-bf16')" in proc.stderr
+
+
+def test_repeats_on_the_command_line_replace_the_matrixs(tmp_path):
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
+                     "--tasks", "rnn", "--repeats", "4", "--dry-run", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
+    assert planned == [f"pytorch__venv__cpu__rnn__fp32__r{i}__quick" for i in range(4)]
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
+                     "--tasks", "rnn", "--precisions", "fp32,amp-bf16", "--repeats", "2", "--dry-run",
+                     "--out", str(tmp_path / "o2"))
+    planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
+    # repeats outermost: both sides of a precision A/B meet the same drift of the machine
+    assert planned == [f"pytorch__venv__cpu__rnn__{p}__r{i}__quick" for i in range(2) for p in ("fp32", "amp-bf16")]
+    for bad in ("0", "101", "two"):
+        proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--repeats", bad, "--dry-run")
+        assert proc.returncode == 2 and "--repeats" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_narrowing_errors(tmp_path):

@@ -151,6 +151,13 @@ def test_energy_from_the_counter_over_the_timed_sections_only():
     assert gpu["power_w_mean"] == pytest.approx(850 / 3, abs=1e-3) and gpu["power_w_max"] == 300.0
     assert gpu["sm_clock_mhz_max"] == 1980 and gpu["sm_clock_mhz_mean"] == pytest.approx((5 * 1980 + 3 * 1500) / 8, abs=0.1)
     assert gpu["temperature_c_max"] == 71 and gpu["name"] == "NVIDIA H100 80GB HBM3" and gpu["index"] == 0
+    assert gpu["power_limit_w"] == 700.0  # the enforced cap, read as the run began
+
+
+def test_a_power_limit_nvml_cannot_read_is_null():
+    rig = Rig(FakeGPU(power_limit_w=None))
+    rig.section(1.0)
+    assert rig.finish()["gpu"]["power_limit_w"] is None
 
 
 def test_without_an_energy_counter_the_power_samples_are_integrated():
