@@ -58,7 +58,8 @@ def test_the_matrix_takes_the_four_names_and_each_cell_carries_its_precision(tmp
     assert "precisions: [fp32]\n" in text
     path = tmp_path / "matrix.yaml"
     path.write_text(text.replace("precisions: [fp32]\n", "precisions: [fp32, tf32, amp-fp16, amp-bf16]\n"))
-    cells = matrix.load(path).cells("local", only_frameworks=["pytorch"], only_gpus=["cpu"], only_tasks=["cnn"])
+    cells = matrix.load(path).cells("local", only_frameworks=["pytorch"], only_gpus=["cpu"], only_tasks=["cnn"],
+                                     repeats=1)
     assert sorted(c.precision for c in cells) == sorted(precisions.PRECISIONS)
     assert len({c.id for c in cells}) == 4 and all(c.id.split("__")[4] == c.precision for c in cells)
     path.write_text(text.replace("precisions: [fp32]\n", "precisions: [fp32, bf16]\n"))
