@@ -33,20 +33,12 @@ Z_975 = 1.959963984540054  # the standard normal's 97.5 % quantile
 FASTER, SLOWER, SAME, TOO_FEW = "faster", "slower", "no clear difference", "not enough repeats"
 
 
-def figures(record: dict) -> list:
-    """Every repeat's compared figure of one ok result (lower is better)."""
-    reps = [r["time_total_s"] for r in record.get("repeats") or [] if isinstance(r.get("time_total_s"), (int, float))]
-    if record["task"] == "resnet50":
-        images = (record.get("samples") or {}).get("images")
-        if reps and images:
-            return [1000.0 * t / images for t in reps]
-        return [record["seconds_per_1000"]] if record.get("seconds_per_1000") else []
-    return reps or ([record["time_total_s"]] if record.get("time_total_s") else [])
-
-
 def pooled(records: list) -> list:
-    """The figures of every ok record, finite and positive only."""
-    return [v for r in records if r.get("status") == "ok" for v in figures(r)
+    """Every repeat's compared figure (validate.samples: what validate judges) of every ok
+    record, finite and positive only."""
+    from .validate import samples
+
+    return [v for r in records if r.get("status") == "ok" for v in samples(r)
             if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
 
 
