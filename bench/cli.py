@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import envinfo, frameworks, precisions, results, tasks, venvs
+from . import envinfo, frameworks, modes, precisions, results, tasks, venvs
 from .data import DATA_MODES
 
 PRECISIONS = precisions.PRECISIONS
@@ -73,6 +73,24 @@ def _precision(text: str) -> str:
     except precisions.UnknownPrecision as exc:
         if isinstance(text, _FromEnv):
             raise _from_env_error(text, "one of " + ", ".join(PRECISIONS)) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mode(text: str) -> str:
+    """reference or tuned (bench/modes.py)."""
+    try:
+        return modes.check_name(str(text))
+    except modes.UnknownMode as exc:
+        if isinstance(text, _FromEnv):
+            raise _from_env_error(text, "one of " + ", ".join(modes.MODES)) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def mode_list(text: str) -> list:
+    """--modes of sweep and validate: "reference,tuned", each name checked."""
+    try:
+        return modes.parse_list(text)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -173,6 +191,11 @@ def add_run_arguments(p: argparse.ArgumentParser, framework_required: bool = Tru
                    help="; ".join(f"{name}: {precisions.DESCRIPTIONS[name]}" for name in PRECISIONS)
                         + " (default fp32, or $BENCH_PRECISION). A precision the framework cannot run "
                           "on the device gives `skipped` results with the reason (exit 4)")
+    p.add_argument("--mode", type=_mode, metavar="{" + ",".join(modes.MODES) + "}",
+                   default=_env_default("BENCH_MODE", modes.DEFAULT),
+                   help="; ".join(f"{name}: {modes.DESCRIPTIONS[name]}" for name in modes.MODES)
+                        + " (default reference, or $BENCH_MODE); every switch of the tuned mode is "
+                          "recorded in the result's conventions")
     p.add_argument("--seed", type=_seed, default=0,
                    help=f"base seed, 0 to {SEED_LIMIT - 1}; repeat r uses seed + r")
     p.add_argument("--out", type=_out_dir, default=Path("results"),
@@ -286,7 +309,7 @@ def cmd_run(args, argv: list[str]) -> int:
     opts = runner.RunOptions(
         framework=fw.name, module=fw.module, tasks=args.tasks, device=args.device,
         data=args.data, quick=args.quick, epochs=args.epochs, repeats=args.repeats,
-        precision=args.precision, out=args.out, seed=args.seed,
+        precision=args.precision, mode=args.mode, out=args.out, seed=args.seed,
     )
     code, records = runner.run(opts, log=lambda m: print(m, flush=True))
     if records:

@@ -145,8 +145,22 @@ def _comb(n: int, k: int) -> int:  # math.comb is Python 3.8+; the harness runs 
 
 # What a figure is: the same on both sides. What a side is set up as: device model and variant
 # (one of each per figure and side; a side mixing two is split with --by).
-FIGURE_FIELDS = ("framework", "task", "precision", "quick", "data")
-SPLITS = ("variant", "precision", "gpu", "framework")
+# The mode is part of the figure: a tuned run is compared with a tuned run (or, --by mode, with
+# the reference run of the same figure), never pooled with a reference one.
+FIGURE_FIELDS = ("framework", "task", "precision", "mode", "quick", "data")
+SPLITS = ("variant", "precision", "mode", "gpu", "framework")
+# The side A of a split when --a is not given: the reference value of the axis, else the first.
+REFERENCE_SIDE = {"precision": "fp32", "mode": "reference"}
+
+
+def _field(record: dict, name: str):
+    from . import modes
+
+    if name == "quick":
+        return bool(record.get("quick"))
+    if name == "mode":
+        return modes.of(record)  # a result without one ran the reference code
+    return record.get(name)
 
 
 def split_value(record: dict, by: str) -> str:
@@ -156,11 +170,11 @@ def split_value(record: dict, by: str) -> str:
         return variant_of(record)
     if by == "gpu":
         return record.get("device_name") or record["device"]
-    return str(record[by])
+    return str(_field(record, by))
 
 
 def figure_key(record: dict, by: str | None = None) -> tuple:
-    return tuple(bool(record.get(f)) if f == "quick" else record.get(f) for f in FIGURE_FIELDS if f != by)
+    return tuple(_field(record, f) for f in FIGURE_FIELDS if f != by)
 
 
 def setting(record: dict, by: str | None = None) -> str:
@@ -193,6 +207,8 @@ def compare_sides(a_records: list, b_records: list, by: str | None = None,
                                                              for f, v in zip(fields, k))):
         named = dict(zip(fields, key))
         label = " ".join(str(named[f]) for f in ("task", "framework", "precision") if f in named)
+        if named.get("mode") not in (None, "reference"):
+            label += f" {named['mode']}"  # the reference mode adds nothing, as in cell ids
         mixed = [(side, sorted(groups)) for side, groups in (("A", a[key]), ("B", b[key])) if len(groups) > 1]
         if mixed:
             skipped.append(f"{label}: " + "; ".join(f"{side} holds it under {len(s)} settings ({', '.join(s)})"
@@ -226,6 +242,9 @@ def _env_values(records: list) -> dict:
         for name, value in sorted((env.get("thread_settings") or {}).items()):
             add(name, value)
         add(f"{r['framework']} version", r.get("framework_version"))
+        switches = ((r.get("conventions") or {}).get("mode") or {}).get("switches")
+        if switches is not None:  # what the tuned mode turned on (bench/modes.py state)
+            add(f"{r['framework']} switches", "; ".join(switches) or "none")
         gpu = (r.get("telemetry") or {}).get("gpu") or {}
         if isinstance(gpu.get("sm_clock_mhz_mean"), (int, float)):
             add("SM clock (mean, MHz)", f"{gpu['sm_clock_mhz_mean']:.0f}")
@@ -243,8 +262,11 @@ def differences(a_records: list, b_records: list) -> list:
     a, b = _env_values(a_records), _env_values(b_records)
     # A framework on one side only is no difference of environment (the rows show what is compared).
     both = {r["framework"] for r in a_records} & {r["framework"] for r in b_records}
-    fields = [f for f in dict.fromkeys(list(a) + list(b))
-              if not f.endswith(" version") or f[:-len(" version")] in both]
+
+    def per_framework(field):
+        return next((field[:-len(end)] for end in (" version", " switches") if field.endswith(end)), None)
+
+    fields = [f for f in dict.fromkeys(list(a) + list(b)) if per_framework(f) in (None, *both)]
     return [{"what": field, "a": ", ".join(a.get(field, ["-"])), "b": ", ".join(b.get(field, ["-"]))}
             for field in fields if a.get(field) != b.get(field)]
 
@@ -267,8 +289,10 @@ def comparisons(args, warn) -> list:
         if wanted is not None and wanted not in sides:
             raise ValueError(f"--by {args.by}: no ok result has {args.by} {wanted!r}; "
                              f"the folder has {', '.join(values) or 'none'}")
-    # The reference side: fp32 against the other precisions, else the first value.
-    default = "fp32" if args.by == "precision" and "fp32" in sides else (values[0] if values else None)
+    # The reference side: fp32 against the other precisions, the reference mode against the
+    # tuned one, else the first value.
+    wanted = REFERENCE_SIDE.get(args.by)
+    default = wanted if wanted in sides else (values[0] if values else None)
     first = args.a or default
     others = [args.b] if args.b else [v for v in values if v != first]
     if first is None or not others:
@@ -350,7 +374,7 @@ def cmd_compare(args) -> int:
     from . import results
 
     if (args.b_dir is None) == (args.by is None):
-        print("error: give two folders (compare A B) or one folder and --by variant|precision|gpu|framework",
+        print(f"error: give two folders (compare A B) or one folder and --by {'|'.join(SPLITS)}",
               file=sys.stderr)
         return 2
     if args.by is None and (args.a or args.b):

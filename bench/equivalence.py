@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import canonical, external, frameworks, precisions, runner, tasks, venvs
+from . import canonical, external, frameworks, modes, precisions, runner, tasks, venvs
 from . import data as data_mod
-from .cli import _tasks  # the --tasks parser `bench run` uses
+from .cli import _tasks, mode_list  # the --tasks and --modes parsers of `bench run` and sweep
 
 SEED = 0
 TRAIN_BATCHES = 2
@@ -109,15 +109,15 @@ def _train(fw, dev, model, spec, x, y) -> float:
     return float(getattr(fw, epoch_name)(model, runner.Epoch(xs, ys, spec.batch_size, progress), spec))
 
 
-def work(module: str, task_list: list, folder: Path) -> dict:
-    """In the framework's environment: every task of task_list from folder's weights-T.npz and
-    inputs-T.npz into folder's <framework>-T.npz; {task: info} on stdout."""
+def work(module: str, task_list: list, folder: Path, mode: str = modes.DEFAULT) -> dict:
+    """In the framework's environment, in the mode given: every task of task_list from folder's
+    weights-T.npz and inputs-T.npz into folder's <framework>-T.npz; {task: info} on stdout."""
     runner.prepare_environment(precisions.DEFAULT)
     fw = runner.load_framework(module)
     missing = [name for name in ("get_weights", "set_weights") if not hasattr(fw, name)]
     if missing:
         raise AttributeError(f"{module} lacks {', '.join(missing)} (the canonical weight exchange)")
-    dev = fw.init_device("cpu", precisions.DEFAULT)
+    dev = fw.init_device("cpu", precisions.DEFAULT, mode)
     channel_first = fw.data_format(dev) == "NCHW"
     infos = {}
     for task in task_list:
@@ -143,7 +143,9 @@ def work(module: str, task_list: list, folder: Path) -> dict:
             after = canonical.check(task, fw.get_weights(model, task), spec, who=f"{fw.NAME}.get_weights")
             out.update({f"after/{name}": value for name, value in after.items()})
         np.savez(folder / f"{fw.NAME}-{task}.npz", **out)
-        infos[task] = {"framework": fw.NAME, "conventions": fw.conventions(task, dev), "roundtrip": roundtrip}
+        conventions = fw.conventions(task, dev)
+        runner.checked_mode(fw, task, conventions, mode)
+        infos[task] = {"framework": fw.NAME, "conventions": conventions, "roundtrip": roundtrip}
     return infos
 
 
@@ -279,12 +281,14 @@ def candidates(names=None) -> list:
     return chosen
 
 
-def worker_command(fw, python, task_list: list, folder: Path, module: str | None = None) -> tuple:
-    """The worker process of fw and its environment. R gets a request file (r/bench.R's
-    equivalence mode) with the check's sizes and the harness's batch order."""
+def worker_command(fw, python, task_list: list, folder: Path, module: str | None = None,
+                   mode: str = modes.DEFAULT) -> tuple:
+    """The worker process of fw and its environment, in the mode given. R gets a request file
+    (r/bench.R's equivalence mode, the run's mode as run_mode) with the check's sizes and the
+    harness's batch order."""
     if fw.language == "r":
         request = {
-            "mode": "equivalence", "tasks": list(task_list), "folder": str(folder),
+            "mode": "equivalence", "run_mode": mode, "tasks": list(task_list), "folder": str(folder),
             "specs": {task: tasks.hyperparameters(check_spec(task)) for task in task_list},
             "epoch_orders": {},
         }
@@ -299,15 +303,16 @@ def worker_command(fw, python, task_list: list, folder: Path, module: str | None
         path.write_text(json.dumps(request, indent=1))
         return external.command(fw, path)
     cmd = [str(python), "-m", "bench.equivalence", "worker", module or fw.module, "--tasks", ",".join(task_list),
-           "--folder", str(folder)]
+           "--folder", str(folder), "--mode", mode]
     return cmd, dict(os.environ, **fw.env)
 
 
 def run_worker(fw, python: Path, task_list: list, folder: Path, module: str | None = None,
-               extra_env: dict | None = None) -> tuple:
+               extra_env: dict | None = None, mode: str = modes.DEFAULT) -> tuple:
     """({task: (outputs, info)}, None) or (None, the error's last line). module: another
-    framework file run in fw's environment (tests use deliberately broken variants)."""
-    cmd, env = worker_command(fw, python, task_list, folder, module)
+    framework file run in fw's environment (tests use deliberately broken variants). The
+    outputs are read before the next worker runs: a worker of another mode overwrites its files."""
+    cmd, env = worker_command(fw, python, task_list, folder, module, mode)
     env.update(extra_env or {})
     runner.prepare_environment(precisions.DEFAULT, env)
     proc = subprocess.run(cmd, cwd=str(frameworks.REPO_ROOT), env=env, capture_output=True, text=True)
@@ -336,6 +341,11 @@ def prepare(folder: Path, task_list: list) -> dict:
     return before
 
 
+def entry_name(framework: str, mode: str) -> str:
+    """A framework's name in the check's table: the reference as it is, the tuned mode marked."""
+    return framework if mode == modes.DEFAULT else f"{framework}[{mode}]"
+
+
 def cmd_equivalence(args) -> int:
     chosen = candidates(args.frameworks)
     unknown = sorted(set(args.frameworks or ()) - {fw.name for fw, _ in chosen})
@@ -352,14 +362,16 @@ def cmd_equivalence(args) -> int:
                              "tasks": {}}
     before = prepare(folder, args.tasks)
     results_by_fw, worker_failed = {}, {}
-    for fw, python in chosen:
-        print(f"[equivalence] {fw.name}: {', '.join(args.tasks)}", flush=True)
-        got, error = run_worker(fw, python, args.tasks, folder)
-        if got is None:
-            worker_failed[fw.name] = error
-            print(f"[equivalence] {fw.name} FAILED: {error}", flush=True)
-        else:
-            results_by_fw[fw.name] = got
+    for mode in args.modes:  # every framework in every mode: tuned code is held to the same weights
+        for fw, python in chosen:
+            name = entry_name(fw.name, mode)
+            print(f"[equivalence] {name}: {', '.join(args.tasks)}", flush=True)
+            got, error = run_worker(fw, python, args.tasks, folder, mode=mode)
+            if got is None:
+                worker_failed[name] = error
+                print(f"[equivalence] {name} FAILED: {error}", flush=True)
+            else:
+                results_by_fw[name] = got
     for task in args.tasks:
         spec = check_spec(task)
         failed = dict(worker_failed)
@@ -404,6 +416,9 @@ def register(sub) -> None:
     p.add_argument("--frameworks", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="comma-separated (default: every Python framework set up here)")
     p.add_argument("--tasks", type=_tasks, default=list(tasks.TASK_NAMES))
+    p.add_argument("--modes", type=mode_list, default=[modes.DEFAULT],
+                   help="comma-separated: reference,tuned (default reference); with both, each framework's "
+                        "tuned code is compared with every reference, its own included")
     p.add_argument("--out", type=Path, default=None, help="folder for the inputs and outputs (default: a temp folder)")
     p.set_defaults(handler=cmd_equivalence)
 
@@ -413,8 +428,9 @@ def _worker_main(argv) -> int:
     parser.add_argument("module")
     parser.add_argument("--tasks", type=_tasks, required=True)
     parser.add_argument("--folder", type=Path, required=True, help="weights-T.npz and inputs-T.npz; outputs go here")
+    parser.add_argument("--mode", type=modes.check_name, default=modes.DEFAULT)
     args = parser.parse_args(argv)
-    print(json.dumps(work(args.module, args.tasks, args.folder), default=str))
+    print(json.dumps(work(args.module, args.tasks, args.folder, args.mode), default=str))
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
-from . import envinfo, frameworks, precisions, results, runner, tasks, venvs
+from . import envinfo, frameworks, modes, precisions, results, runner, tasks, venvs
 from . import telemetry as telemetry_mod
 from .errors import UnsupportedPrecision
 
@@ -78,7 +78,8 @@ def epoch_orders(n: int, epochs: int, seed: int) -> np.ndarray:
     return np.stack([data_mod.shuffled(ids, ids, rng)[0] for _ in range(epochs)])
 
 
-def write_request(spec, task_data, device: str, precision: str, seed: int, folder: Path) -> Path:
+def write_request(spec, task_data, device: str, precision: str, seed: int, folder: Path,
+                  mode: str = modes.DEFAULT) -> Path:
     arrays = {}
     for name in ("x_train", "y_train", "x_test", "y_test"):
         value = getattr(task_data, name)
@@ -87,7 +88,7 @@ def write_request(spec, task_data, device: str, precision: str, seed: int, folde
             np.save(path, value)
             arrays[name] = str(path)
     request = {
-        "task": spec.name, "device": device, "precision": precision, "seed": seed,
+        "task": spec.name, "device": device, "precision": precision, "mode": mode, "seed": seed,
         "spec": tasks.hyperparameters(spec), "arrays": arrays, "layout": "NCHW",
         "measurement": str(folder / "measurement.json"), "logits": str(folder / "logits.npy"),
     }
@@ -122,8 +123,12 @@ def check_measurement(m: dict, spec, task_data, folder: Path,
             raise runner.FidelityError(f"resnet50 features are {m.get('features_dtype')!r}; TASKS.md asks for "
                                        "float32 features whatever the compute precision")
         images = int(m["images"])
-        return runner.Measurement(time_total_s=_seconds(m["time_total_s"], "time_total_s"), params=params,
-                                  samples={"images": images})
+        elapsed = _seconds(m["time_total_s"], "time_total_s")
+        first = m.get("first_batch_s")  # the program's first warm-up batch, where it times it
+        cold_start = {"first_batch_s": _seconds(first, "first_batch_s") if first is not None else None,
+                      "steady_batch_s": elapsed / (images // spec.batch_size) if images >= spec.batch_size else None}
+        return runner.Measurement(time_total_s=elapsed, params=params, samples={"images": images},
+                                  cold_start=cold_start)
     losses = [float(x) for x in m["losses"]]
     bad = [x for x in losses if not math.isfinite(x)]
     if bad:
@@ -137,7 +142,7 @@ def check_measurement(m: dict, spec, task_data, folder: Path,
         accuracy = float(np.mean(np.argmax(logits, axis=1) == task_data.y_test))
     epochs = [_seconds(t, "an epoch time") for t in m["epoch_times_s"]]
     return runner.Measurement(time_total_s=sum(epochs), epoch_times_s=epochs, accuracy=accuracy,
-                              final_loss=losses[-1], params=params,
+                              final_loss=losses[-1], params=params, cold_start=runner.training_cold_start(epochs),
                               samples={"train": len(task_data.x_train) * spec.epochs,
                                        "test": len(task_data.x_test)})
 
@@ -147,13 +152,14 @@ def run(fw, args) -> int:
         telemetry_mod.settings()  # a bad BENCH_TELEMETRY* value is a usage error, before any work
     except telemetry_mod.TelemetryError as exc:
         raise LaunchError(str(exc)) from None
+    mode = getattr(args, "mode", modes.DEFAULT)
     runner.prepare_environment(args.precision)  # the program's environment: TF32 allowed only in tf32
     env_record = envinfo.capture()
     code, records = runner.EXIT_OK, []
     for task in args.tasks:
         spec = tasks.sized(task, args.device, args.quick, args.epochs)
         record = runner.base_record(fw.name, task, args.device, args.precision, args.quick, spec,
-                                    dict(env_record))
+                                    dict(env_record), mode)
         monitor = None
         try:
             with tempfile.TemporaryDirectory(prefix=f"bench-{fw.name}-") as tmp:
@@ -163,7 +169,8 @@ def run(fw, args) -> int:
                 runs = []
                 monitor = telemetry_mod.for_run(args.device, foreign=True)
                 for r in range(args.repeats):
-                    request = write_request(spec, task_data, args.device, args.precision, args.seed + r, folder)
+                    request = write_request(spec, task_data, args.device, args.precision, args.seed + r, folder,
+                                            mode)
                     cmd, env = command(fw, request)
                     print(f"[{fw.name} {task}] {' '.join(cmd)}", flush=True)
                     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
@@ -190,6 +197,10 @@ def run(fw, args) -> int:
                     if problems:
                         raise runner.PrecisionMismatch(f"{task}: {fw.name} was asked for {args.precision} "
                                                        f"and reports {'; '.join(problems)}")
+                    mode_problems = modes.check_state(mode, (m.get("conventions") or {}).get("mode"))
+                    if mode_problems:
+                        raise runner.ModeMismatch(f"{task}: {fw.name} was asked for mode {mode} "
+                                                  f"and reports {'; '.join(mode_problems)}")
                     record["framework_version"] = m.get("framework_version")
                     record["conventions"] = m.get("conventions")
                     record["env"].update({k: m.get(k) for k in ("cuda", "cudnn") if m.get(k)})

@@ -1,6 +1,6 @@
 """Fidelity checks of one framework file against TASKS.md, run inside its environment.
 
-`python -m bench.fidelity MODULE [--precision P] [--features FILE.npy]` prints one JSON object:
+`python -m bench.fidelity MODULE [--precision P] [--mode M] [--features FILE.npy]` prints one JSON object:
 parameter counts, output shapes, the loss curve of a short training on a small learnable
 synthetic set and what the framework set for the precision; --features saves the ResNet-50
 features of two fixed images from seeded weights, so that two precisions can be compared on the
@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import data as data_mod
-from . import precisions, runner, tasks
+from . import modes, precisions, runner, tasks
 from .errors import UnsupportedPrecision
 
 SEED = 0
@@ -46,16 +46,16 @@ def _train_curve(fw, dev, spec, x, y, epochs: int, precision: str) -> list:
 
 
 def check(module_name: str, learn_epochs: int = 6, precision: str = precisions.DEFAULT,
-          features_path=None) -> dict:
+          features_path=None, mode: str = modes.DEFAULT) -> dict:
     runner.prepare_environment(precision)
     fw = runner.load_framework(module_name)
     try:
-        dev = fw.init_device("cpu", precision)
+        dev = fw.init_device("cpu", precision, mode)
     except UnsupportedPrecision as exc:
-        return {"framework": fw.NAME, "precision": precision, "skipped": str(exc)}
+        return {"framework": fw.NAME, "precision": precision, "mode": mode, "skipped": str(exc)}
     channel_first = fw.data_format(dev) == "NCHW"
-    out = {"framework": fw.NAME, "precision": precision, "params": {}, "shapes": {}, "losses": {},
-           "conventions": {}, "numerics": {}}
+    out = {"framework": fw.NAME, "precision": precision, "mode": mode, "params": {}, "shapes": {},
+           "losses": {}, "conventions": {}, "numerics": {}, "mode_problems": {}}
 
     # CNN: 8 batches of a learnable synthetic set, several passes.
     cnn = replace(tasks.SPECS["cnn"], epochs=1)
@@ -94,6 +94,7 @@ def check(module_name: str, learn_epochs: int = 6, precision: str = precisions.D
         np.save(features_path, features)
     for task in tasks.TASK_NAMES:
         out["conventions"][task] = fw.conventions(task, dev)
+        out["mode_problems"][task] = modes.check_state(mode, out["conventions"][task].get("mode"))
         out["numerics"][task]["problems"] = precisions.check_state(precision, "cpu", out["numerics"][task])
     return out
 
@@ -102,6 +103,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.fidelity")
     parser.add_argument("module", help="a framework file's module, e.g. bench.frameworks.pytorch")
     parser.add_argument("--precision", default=precisions.DEFAULT, choices=precisions.PRECISIONS)
+    parser.add_argument("--mode", default=modes.DEFAULT, choices=modes.MODES)
     parser.add_argument("--features", default=None, help="save the ResNet-50 features here (.npy)")
     args = parser.parse_args()
-    print(json.dumps(check(args.module, precision=args.precision, features_path=args.features)))
+    print(json.dumps(check(args.module, precision=args.precision, features_path=args.features, mode=args.mode)))

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from . import frameworks, results, tasks
+from . import frameworks, modes, results, tasks
 
 EXECUTORS = ("local", "docker", "slurm")
 SLURM_RUNNERS = ("venv", "podman", "apptainer", "pyxis")
-TOP_KEYS = {"version", "tasks", "precisions", "repeats", "quick", "data", "timeout_s",
+TOP_KEYS = {"version", "tasks", "precisions", "modes", "repeats", "quick", "data", "timeout_s",
             "frameworks", "gpus", "executors"}
 FRAMEWORK_KEYS = {"baseline_variant", "variants"}
 VARIANT_KEYS = {"base_image", "pip_index", "pip_extra", "packages", "julia_cuda", "note"}
@@ -76,10 +76,16 @@ class Cell:
     precision: str
     repeat: int
     quick: bool
+    mode: str = modes.DEFAULT
 
     @property
     def id(self) -> str:
-        return (f"{self.framework}__{self.variant}__{self.gpu}__{self.task}__{self.precision}"
+        """framework__variant__gpu__task__precision[__tuned]__rN[__quick]. The reference mode
+        adds nothing: the ids (result files, logs, job names) of every folder swept before the
+        mode axis stay those of its reference cells, so such a folder resumes without running
+        them again, and a tuned cell never finds a reference result under its own id."""
+        mode = "" if self.mode == modes.DEFAULT else f"__{self.mode}"
+        return (f"{self.framework}__{self.variant}__{self.gpu}__{self.task}__{self.precision}{mode}"
                 f"__r{self.repeat}{'__quick' if self.quick else ''}")
 
 
@@ -103,7 +109,7 @@ class Matrix:
         return self.frameworks[framework].get("variants") or {}
 
     def cells(self, executor: str, only_frameworks=None, only_variants=None, only_gpus=None,
-              only_tasks=None, quick=None, only_precisions=None, repeats=None) -> list[Cell]:
+              only_tasks=None, quick=None, only_precisions=None, repeats=None, only_modes=None) -> list[Cell]:
         doc = self.doc
         for flag, names in (("--frameworks", only_frameworks), ("--variants", only_variants),
                             ("--gpus", only_gpus), ("--tasks", only_tasks)):
@@ -123,6 +129,11 @@ class Matrix:
         # --precisions chooses among the four names, whatever the matrix lists (a precision A/B
         # on a matrix written for fp32 needs no edit of the file).
         precisions = list(only_precisions or doc.get("precisions", ["fp32"]))
+        # --modes likewise: a mode A/B of a matrix that lists only the reference needs no edit.
+        for name in only_modes or ():
+            if name not in modes.MODES:
+                raise MatrixError(f"--modes: {str(modes.UnknownMode(name))}")
+        mode_names = list(dict.fromkeys(only_modes or doc.get("modes", [modes.DEFAULT])))
         repeats = doc.get("repeats", 1) if repeats is None else repeats
         # Local runs use the framework's virtual environment: there is no image variant.
         venv = executor == "local" or (executor == "slurm"
@@ -137,16 +148,17 @@ class Matrix:
                     variants = [v for v in variants if v in only_variants]
             plan.append((fw, variants))
         pairs = sum(len(variants) for _, variants in plan)
-        count = pairs * len(chosen_gpus) * len(chosen_tasks) * len(precisions) * repeats
+        count = pairs * len(chosen_gpus) * len(chosen_tasks) * len(precisions) * len(mode_names) * repeats
         if count > MAX_CELLS:  # counted, not built: a huge matrix fails before it takes memory
             raise MatrixError(
-                f"{self.path}: (frameworks x variants) x gpus x tasks x precisions x repeats = "
-                f"{pairs} x {len(chosen_gpus)} x {len(chosen_tasks)} x {len(precisions)} x {repeats} "
-                f"= {count} cells; at most {MAX_CELLS}; narrow the matrix or use "
-                "--frameworks/--variants/--gpus/--tasks")
+                f"{self.path}: (frameworks x variants) x gpus x tasks x precisions x modes x repeats = "
+                f"{pairs} x {len(chosen_gpus)} x {len(chosen_tasks)} x {len(precisions)} x {len(mode_names)} "
+                f"x {repeats} = {count} cells; at most {MAX_CELLS}; narrow the matrix or use "
+                "--frameworks/--variants/--gpus/--tasks/--modes")
         # Repeats outermost: r0 of every cell, then r1, ...: a drift of a shared machine over the
         # sweep then falls on every side of a comparison alike (bench compare --by), instead of
-        # on whichever cells ran back to back.
+        # on whichever cells ran back to back. Modes innermost: the reference and the tuned run
+        # of one figure run back to back, as the precisions of one task do.
         out = []
         for repeat in range(repeats):
             for fw, variants in plan:
@@ -154,8 +166,9 @@ class Matrix:
                     for gpu in chosen_gpus:
                         for task in chosen_tasks:
                             for precision in precisions:
-                                out.append(Cell(fw, variant, gpu, self.gpus[gpu]["device"], task,
-                                                precision, repeat, bool(quick)))
+                                for mode in mode_names:
+                                    out.append(Cell(fw, variant, gpu, self.gpus[gpu]["device"], task,
+                                                    precision, repeat, bool(quick), mode))
         if only_variants and executor != "local" and not out:
             raise MatrixError(f"--variants {','.join(only_variants)} matches no variant of the chosen frameworks")
         return out

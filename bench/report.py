@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import compare, precisions, results
+from . import compare, modes, precisions, results
 from .results import variant_of
 from .table import load_folder
 
@@ -30,9 +30,10 @@ TASK_TITLES = OrderedDict([
 
 
 def column_of(record: dict) -> str:
-    """One column per device, image variant and precision: precisions are never mixed in one."""
+    """One column per device, image variant, precision and mode: precisions are never mixed in
+    one, nor modes (a result without a mode ran the reference code: modes.of)."""
     device = record.get("device_name") or record["device"]
-    return f"{device} / {variant_of(record)} / {record['precision']}"
+    return f"{device} / {variant_of(record)} / {record['precision']} / {modes.of(record)}"
 
 
 @dataclass
@@ -202,10 +203,10 @@ def cuda_ab(records: list[dict], baselines: dict) -> list[dict]:
         if r["status"] != "ok" or variant_of(r) == results.NO_IMAGE_VARIANT:
             continue
         key = (r["framework"], r.get("device_name") or r["device"], r["task"], bool(r.get("quick")),
-               r["precision"])
+               r["precision"], modes.of(r))
         groups.setdefault(key, {}).setdefault(variant_of(r), Cell()).records.append(r)
     rows = []
-    for (framework, device, task, quick, precision), variants in sorted(groups.items()):
+    for (framework, device, task, quick, precision, mode), variants in sorted(groups.items()):
         if len(variants) < 2:
             continue
         wanted = baselines.get(framework)
@@ -213,7 +214,7 @@ def cuda_ab(records: list[dict], baselines: dict) -> list[dict]:
         for name, cell in sorted(variants.items()):
             rows.append(dict({
                 "framework": framework, "device": device, "task": task, "quick": quick,
-                "precision": precision, "variant": name, "baseline": base,
+                "precision": precision, "mode": mode, "variant": name, "baseline": base,
                 "baseline_from": "matrix.yaml" if wanted == base else "first variant",
                 "metric": cell.metric,
             }, **compare.as_speedup(compare.compare_values(variants[base].figures, cell.figures))))
@@ -233,17 +234,20 @@ def precision_state_text(records: list) -> str:
 
 
 def precision_ab(records: list[dict]) -> list[dict]:
-    """Speed-up of each precision against fp32 on the same device, framework, variant and task."""
+    """Speed-up of each precision against fp32 on the same device, framework, variant, task and
+    mode."""
     groups: dict = {}
     for r in records:
         if r["status"] != "ok":
             continue
-        key = (r["framework"], r.get("device_name") or r["device"], variant_of(r), r["task"], bool(r.get("quick")))
+        key = (r["framework"], r.get("device_name") or r["device"], variant_of(r), r["task"], bool(r.get("quick")),
+               modes.of(r))
         groups.setdefault(key, {}).setdefault(r["precision"], Cell()).records.append(r)
     rows = []
     order = {task: i for i, task in enumerate(TASK_TITLES)}
-    for (framework, device, variant, task, quick), by_precision in sorted(
-            groups.items(), key=lambda item: (item[0][:3], order.get(item[0][3], 99), item[0][4])):
+    for (framework, device, variant, task, quick, mode), by_precision in sorted(
+            groups.items(), key=lambda item: (item[0][:3], order.get(item[0][3], 99), item[0][4],
+                                              modes.MODES.index(item[0][5]))):
         if precisions.DEFAULT not in by_precision or len(by_precision) < 2:
             continue
         base = by_precision[precisions.DEFAULT]
@@ -253,8 +257,80 @@ def precision_ab(records: list[dict]) -> list[dict]:
             cell = by_precision[name]
             rows.append(dict({
                 "framework": framework, "device": device, "variant": variant, "task": task, "quick": quick,
-                "precision": name, "fp32": base.metric, "metric": cell.metric,
+                "precision": name, "mode": mode, "fp32": base.metric, "metric": cell.metric,
                 "state": precision_state_text(cell.records),
+            }, **compare.as_speedup(compare.compare_values(base.figures, cell.figures))))
+    return rows
+
+
+def mode_state_text(records: list) -> str:
+    """What the tuned mode switched on (conventions.mode, modes.state) and what it left off, why."""
+    states = [(r.get("conventions") or {}).get("mode") for r in records]
+    states = [s for s in states if isinstance(s, dict)]
+    if not states:
+        return "not recorded"
+    s = states[0]
+    text = "; ".join(s.get("switches") or []) or "no switch"
+    left = s.get("not_applied") or {}
+    if left:
+        text += ". Left off: " + "; ".join(f"{name} ({why})" for name, why in left.items())
+    return text
+
+
+def cold_start(records: list, task: str) -> dict:
+    """The first epoch (ResNet-50: the first warm-up batch) apart from the steady ones, median
+    over the records that carry one (results' cold_start: of each run's median repeat)."""
+    first_key, steady_key = ("first_batch_s", "steady_batch_s") if task == "resnet50" else \
+        ("first_epoch_s", "steady_epoch_s")
+    found = [r["cold_start"] for r in records if isinstance(r.get("cold_start"), dict)]
+    first = [c[first_key] for c in found if isinstance(c.get(first_key), (int, float))]
+    steady = [c[steady_key] for c in found if isinstance(c.get(steady_key), (int, float))]
+    epochs = [c["steady_epochs"] for c in found if isinstance(c.get("steady_epochs"), int)]
+    return {"unit": "batch" if task == "resnet50" else "epoch", "n": len(found),
+            "first": statistics.median(first) if first else None,
+            "steady": statistics.median(steady) if steady else None,
+            "steady_epochs": min(epochs) if epochs else None,
+            "first_values": first, "steady_values": steady}
+
+
+def mode_ab(records: list[dict]) -> list[dict]:
+    """Speed-up of the tuned mode against the reference on the same device, framework, variant,
+    task and precision (bench compare's interval and verdict), with what tuned switched on and
+    the cold start of both sides: the first epoch (batch) apart from the steady ones, so a win
+    or a loss that comes from compilation is seen as such."""
+    groups: dict = {}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        key = (r["framework"], r.get("device_name") or r["device"], variant_of(r), r["task"], bool(r.get("quick")),
+               r["precision"])
+        groups.setdefault(key, {}).setdefault(modes.of(r), Cell()).records.append(r)
+    rows = []
+    order = {task: i for i, task in enumerate(TASK_TITLES)}
+    for (framework, device, variant, task, quick, precision), by_mode in sorted(
+            groups.items(), key=lambda item: (item[0][:3], order.get(item[0][3], 99), item[0][4],
+                                              precisions.PRECISIONS.index(item[0][5])
+                                              if item[0][5] in precisions.PRECISIONS else 99)):
+        if modes.DEFAULT not in by_mode or len(by_mode) < 2:
+            continue
+        base = by_mode[modes.DEFAULT]
+        base_cold = cold_start(base.records, task)
+        for name in modes.MODES:
+            if name == modes.DEFAULT or name not in by_mode:
+                continue
+            cell = by_mode[name]
+            cold = cold_start(cell.records, task)
+            steady = None
+            if base_cold["steady_values"] and cold["steady_values"]:
+                steady = compare.as_speedup(compare.compare_values(base_cold["steady_values"],
+                                                                   cold["steady_values"]))
+            first = (base_cold["first"] / cold["first"]
+                     if base_cold["first"] and cold["first"] else None)
+            rows.append(dict({
+                "framework": framework, "device": device, "variant": variant, "task": task, "quick": quick,
+                "precision": precision, "mode": name, "reference": base.metric, "metric": cell.metric,
+                "state": mode_state_text(cell.records), "cold_reference": base_cold, "cold": cold,
+                "first_speedup": first, "steady": steady,
             }, **compare.as_speedup(compare.compare_values(base.figures, cell.figures))))
     return rows
 
@@ -338,7 +414,8 @@ def plot_variants(rows: list[dict]) -> str | None:
         return None
     plt = _pyplot()
 
-    labels = [f"{r['framework']} {r['task']}{' quick' if r['quick'] else ''} {r['variant']}" for r in rows]
+    labels = [f"{r['framework']} {r['task']}{' quick' if r['quick'] else ''} {r['variant']}"
+              f"{'' if r.get('mode', modes.DEFAULT) == modes.DEFAULT else ' ' + r['mode']}" for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.35 * len(rows)))
     ax.barh(range(len(rows)), [r["speedup"] for r in rows])
     ax.axvline(1.0, color="black", linewidth=0.8)
@@ -384,13 +461,14 @@ def context(records: list[dict], warnings: list[str], with_plots: bool = True, p
     precision_rows = precision_ab(records)
     return {
         "precision_ab": precision_rows,
+        "mode_ab": mode_ab(records),
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "summary": summary(records),
         "tables": tables,
         "ab": ab,
         "ab_plot": plot_variants(ab) if with_plots else None,
         "published": published() if PUBLISHED.exists() else None,
-        "failures": [r for r in records if r["status"] != "ok"],
+        "failures": [dict(r, mode=modes.of(r)) for r in records if r["status"] != "ok"],
         "health": machine_health(records, probes or []),
         "warnings": warnings,
         "schema_version": results.SCHEMA_VERSION,

@@ -185,8 +185,9 @@ def _umask() -> int:
 def result_filename(record: dict) -> str:
     stamp = record["started_at"].replace(":", "").replace("-", "")
     size = "-quick" if record.get("quick") else ""
+    tuned = "-tuned" if record.get("mode") == "tuned" else ""
     return (f"{record['framework']}-{record['task']}-{record['device']}-"
-            f"{record['precision']}{size}-{stamp}.json")
+            f"{record['precision']}{tuned}{size}-{stamp}.json")
 
 
 def dumps(record: dict) -> str:

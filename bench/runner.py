@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
-from . import envinfo, flops, hardware, precisions, results, stats, tasks
+from . import envinfo, flops, hardware, modes, precisions, results, stats, tasks
 from . import telemetry as telemetry_mod
 from .errors import DeviceUnavailable, UnsupportedPrecision
 
@@ -33,6 +33,10 @@ class NonFiniteLoss(FloatingPointError):
 
 class PrecisionMismatch(RuntimeError):
     """The framework's reported numerics are not the precision the run is labelled with."""
+
+
+class ModeMismatch(RuntimeError):
+    """The framework's conventions report another mode than the one the run is labelled with."""
 
 
 class NonFiniteMeasurement(FloatingPointError):
@@ -268,6 +272,7 @@ class Measurement:
     samples: dict = field(default_factory=dict)
     params: int | None = None
     numerics: dict | None = None  # what the framework set for the precision (precisions.state)
+    cold_start: dict | None = None  # the first epoch (batch) apart from the steady ones
 
 
 def _check_params(task: str, params: int, spec) -> None:
@@ -292,6 +297,23 @@ def checked_numerics(fw, task: str, model, dev, precision: str, device: str) -> 
         raise PrecisionMismatch(f"{task}: {fw.NAME} was asked for {precision} and reports "
                                 f"{'; '.join(problems)}")
     return reported
+
+
+def checked_mode(fw, task: str, conventions: dict, mode: str) -> None:
+    """The framework's report of its mode (conventions["mode"], modes.state) held to the mode
+    asked for: a run labelled tuned that ran the reference code is an error, never a result."""
+    problems = modes.check_state(mode, (conventions or {}).get("mode"))
+    if problems:
+        raise ModeMismatch(f"{task}: {fw.NAME} was asked for mode {mode} and reports {'; '.join(problems)}")
+
+
+def training_cold_start(epoch_times: list) -> dict:
+    """The first epoch (compilation, autotuning, caches) apart from the steady epochs after it:
+    a fast path is never a win bought by hiding its compile time, nor a loss caused by it."""
+    steady = epoch_times[1:]
+    return {"first_epoch_s": float(epoch_times[0]),
+            "steady_epoch_s": float(np.median(steady)) if steady else None,
+            "steady_epochs": len(steady)}
 
 
 def _non_finite_loss(spec, loss, epoch: int, precision: str) -> NonFiniteLoss:
@@ -356,7 +378,7 @@ def measure_training(fw, dev, spec, task_data, seed: int, log, drive: str = "aut
         accuracy = float(np.mean(np.argmax(logits, axis=1) == task_data.y_test))
     return Measurement(
         time_total_s=float(sum(epoch_times)), epoch_times_s=epoch_times, accuracy=accuracy,
-        final_loss=loss, params=params, numerics=numerics,
+        final_loss=loss, params=params, numerics=numerics, cold_start=training_cold_start(epoch_times),
         samples={"train": len(task_data.x_train) * spec.epochs, "test": len(task_data.x_test)},
     )
 
@@ -380,8 +402,14 @@ def measure_inference(fw, dev, spec, task_data, seed: int, log,
     numerics = checked_numerics(fw, spec.name, model, dev, precision, device)
     batches = list(batches_of(task_data.x_test, spec.batch_size))
     warmup, timed = batches[: spec.warmup_batches], batches[spec.warmup_batches:]
-    for batch in warmup:  # cold start: autotuning, graph build, JIT
+    fw.synchronize(dev)
+    first_batch_s = None
+    first_start = time.perf_counter()
+    for i, batch in enumerate(warmup):  # cold start: autotuning, graph build, JIT
         fw.extract_features(model, batch)
+        if i == 0:  # the first batch, compilation included, is kept apart from the timed ones
+            fw.synchronize(dev)
+            first_batch_s = time.perf_counter() - first_start
     fw.synchronize(dev)
     progress = Progress(f"[{fw.NAME} resnet50]", len(timed))
     features = None
@@ -396,7 +424,10 @@ def measure_inference(fw, dev, spec, task_data, seed: int, log,
     check_features(features, spec)
     images = len(timed) * spec.batch_size
     log(f"[{fw.NAME} resnet50] {images} images in {elapsed:.2f} s")
-    return Measurement(time_total_s=elapsed, params=params, samples={"images": images}, numerics=numerics)
+    cold_start = {"first_batch_s": first_batch_s,
+                  "steady_batch_s": float(elapsed / len(timed)) if timed else None}
+    return Measurement(time_total_s=elapsed, params=params, samples={"images": images}, numerics=numerics,
+                       cold_start=cold_start)
 
 
 # ---------------------------------------------------------------- records
@@ -409,7 +440,7 @@ def classify_failure(exc: BaseException) -> str:
 
 
 def base_record(framework: str, task: str, device: str, precision: str, quick: bool,
-                spec, env: dict) -> dict:
+                spec, env: dict, mode: str = modes.DEFAULT) -> dict:
     return {
         "schema_version": results.SCHEMA_VERSION,
         "framework": framework,
@@ -418,6 +449,7 @@ def base_record(framework: str, task: str, device: str, precision: str, quick: b
         "device": device,
         "device_name": env.get("gpu") if device == "gpu" else env.get("cpu"),
         "precision": precision,
+        "mode": mode,
         "data": None,  # not loaded yet: set to the kind of data the task actually loaded
         "data_source": None,
         "quick": quick,
@@ -448,6 +480,8 @@ def check_finite(task: str, runs: list) -> None:
     for r, m in enumerate(runs, 1):
         figures = [("time_total_s", m.time_total_s), ("accuracy", m.accuracy), ("final_loss", m.final_loss)]
         figures += [(f"epoch {i} time", t) for i, t in enumerate(m.epoch_times_s or [], 1)]
+        figures += [(f"cold_start {name}", t) for name, t in (m.cold_start or {}).items()
+                    if name != "steady_epochs"]
         for name, value in figures:
             if value is not None and not math.isfinite(float(value)):
                 raise NonFiniteMeasurement(f"{task}: repeat {r} measured {name} = {value}; "
@@ -485,6 +519,8 @@ def fill_measurements(record: dict, task: str, data_kind: str, runs: list[Measur
         ],
         stats={"time_total_s": stats.summarize(totals), "throughput": stats.summarize(throughputs)},
     )
+    if median_run.cold_start is not None:
+        record["cold_start"] = median_run.cold_start
     if median_run.numerics is not None:  # what was set for the precision, beside the other conventions
         record["conventions"] = dict(record.get("conventions") or {}, precision=median_run.numerics)
     add_flops(record)
@@ -530,6 +566,7 @@ class RunOptions:
     epochs: int | None = None
     repeats: int = 1
     precision: str = "fp32"
+    mode: str = modes.DEFAULT
     out: Path = Path("results")
     seed: int = 0
     data_dir: Path | None = None
@@ -555,7 +592,8 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
     def failed_all(exc: BaseException, status: str) -> None:
         for task in opts.tasks:
             spec = tasks.sized(task, opts.device, opts.quick, opts.epochs)
-            rec = base_record(opts.framework, task, opts.device, opts.precision, opts.quick, spec, env)
+            rec = base_record(opts.framework, task, opts.device, opts.precision, opts.quick, spec, env,
+                              opts.mode)
             rec.update(status=status, error=f"{type(exc).__name__}: {exc}", finished_at=results.now_iso())
             records.append(rec)
             write_task_result(rec, opts.out, log)
@@ -568,7 +606,7 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
     try:
         prepare_environment(opts.precision)
         fw = load_framework(opts.module)
-        dev = fw.init_device(opts.device, opts.precision)
+        dev = fw.init_device(opts.device, opts.precision, opts.mode)
         versions = fw.versions(dev)
     except DeviceUnavailable as exc:
         log(f"error: {exc}")
@@ -590,13 +628,15 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
 
     for task in opts.tasks:
         spec = tasks.sized(task, opts.device, opts.quick, opts.epochs)
-        record = base_record(opts.framework, task, opts.device, opts.precision, opts.quick, spec, env)
+        record = base_record(opts.framework, task, opts.device, opts.precision, opts.quick, spec, env,
+                             opts.mode)
         record["framework_version"] = versions.get("framework_version")
         if opts.device == "gpu":
             record["device_name"] = versions.get("gpu") or env.get("gpu")
         record["conventions"] = fw.conventions(task, dev)
         monitor = None
         try:
+            checked_mode(fw, task, record["conventions"], opts.mode)
             task_data = data_mod.task_data(spec, opts.data, channel_first, opts.seed,
                                            opts.data_dir, log=log)
             record["data"], record["data_source"] = task_data.kind, task_data.source
@@ -629,17 +669,21 @@ def _device_memory(fw, dev):
 
 
 def summary_table(records: list[dict]) -> str:
-    rows = [("framework", "task", "device", "data", "status", "params", "time s", "per epoch s",
+    rows = [("framework", "task", "device", "mode", "data", "status", "params", "time s", "first s",
+             "steady s", "per epoch s",
              "throughput/s", "s/1000 img", "accuracy", "GFLOP/s", "MFU", "peak RSS GiB")]
     for r in records:
         epochs = r.get("epoch_times_s") or []
         achieved = (r.get("flops") or {}).get("achieved_flops_per_s")
         mfu = (r.get("flops") or {}).get("mfu")
         rss = (r.get("telemetry") or {}).get("host_memory_peak_bytes")
+        cold = r.get("cold_start") or {}
         rows.append((
-            r["framework"], r["task"], r["device"], r.get("data") or "-", r["status"],
+            r["framework"], r["task"], r["device"], modes.of(r), r.get("data") or "-", r["status"],
             f"{r['params']:,}" if r.get("params") is not None else "-",
             _fmt(r.get("time_total_s")),
+            _fmt(cold.get("first_epoch_s", cold.get("first_batch_s"))),
+            _fmt(cold.get("steady_epoch_s", cold.get("steady_batch_s"))),
             _fmt(float(np.median(epochs))) if epochs else "-",
             _fmt(r.get("throughput"), 1),
             _fmt(r.get("seconds_per_1000")),

@@ -1,6 +1,6 @@
 """`python -m bench sweep matrix.yaml --executor local|docker|slurm --out DIR`.
 
-Every cell (framework x variant x GPU type x task x precision x repeat) runs one
+Every cell (framework x variant x GPU type x task x precision x mode x repeat) runs one
 `python -m bench run` and leaves DIR/<cell id>.json. Resume by default; failures are
 isolated; an ok result is never replaced by a worse one.
 
@@ -33,7 +33,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-from . import cli, envinfo, frameworks, matrix as matrix_mod, results, runner, tasks
+from . import cli, envinfo, frameworks, matrix as matrix_mod, modes, results, runner, tasks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 40
@@ -325,9 +325,12 @@ def existing(out: Path, cell) -> dict | None:
     if not path.exists():
         return None
     try:
-        return results.load_result(path)
+        record = results.load_result(path)
     except results.ResultSchemaError:
         return None  # a damaged file counts as not done; it is replaced
+    if modes.of(record) != cell.mode:
+        return None  # another mode's result under this cell's name (copied in): not this cell's
+    return record
 
 
 def was_interrupted(record: dict | None) -> bool:
@@ -344,7 +347,7 @@ def cell_info(cell, executor: str, **extra) -> dict:
 def failure_record(cell, executor: str, status: str, error: str, log_tail: str | None, **extra) -> dict:
     spec = tasks.sized(cell.task, cell.device, cell.quick)
     rec = runner.base_record(cell.framework, cell.task, cell.device, cell.precision, cell.quick, spec,
-                             envinfo.capture())
+                             envinfo.capture(), mode=cell.mode)
     rec.update(status=status, error=error, log_tail=log_tail, cell=cell_info(cell, executor, **extra))
     return rec
 
@@ -395,10 +398,16 @@ def collect(cell, executor: str, cell_out: Path, returncode: int | None, log_tex
         except results.ResultSchemaError as exc:
             error = f"the run wrote an invalid result: {exc}"
         else:
-            record["cell"] = cell_info(cell, executor, **extra)
-            if record["status"] != "ok" and not record.get("log_tail"):
-                record["log_tail"] = tail(log_text)
-            return record
+            ran = modes.of(record)
+            if ran == cell.mode:
+                record["cell"] = cell_info(cell, executor, **extra)
+                if record["status"] != "ok" and not record.get("log_tail"):
+                    record["log_tail"] = tail(log_text)
+                return record
+            # Never kept as this cell's figure: a tuned cell's reference run would count as
+            # tuned (an image built before the mode axis ignores BENCH_MODE).
+            error = (f"the run recorded mode {ran!r}, the cell asked for {cell.mode!r}: its `bench run` "
+                     "does not take the mode (rebuild the image: python -m bench.images build)")
     if error is None:
         error = f"the run exited with code {returncode} and wrote no result"
     if status is None:
@@ -406,9 +415,14 @@ def collect(cell, executor: str, cell_out: Path, returncode: int | None, log_tex
     return failure_record(cell, executor, status, error, tail(log_text), **extra)
 
 
-def run_args(cell, data: str, out_dir: str) -> list[str]:
+def run_args(cell, data: str, out_dir: str, mode_flag: bool = True) -> list[str]:
+    """`bench run`'s arguments for the cell. --mode always (never left to a $BENCH_MODE the
+    sweep inherited), except where the mode travels as BENCH_MODE (mode_flag False: the docker
+    executor, as compose.yml's services)."""
     args = ["run", "--framework", cell.framework, "--tasks", cell.task, "--device", cell.device,
-            "--precision", cell.precision, "--data", data, "--seed", str(cell.repeat), "--out", out_dir]
+            "--precision", cell.precision]
+    args += ["--mode", cell.mode] if mode_flag else []
+    args += ["--data", data, "--seed", str(cell.repeat), "--out", out_dir]
     return args + (["--quick"] if cell.quick else [])
 
 
@@ -589,10 +603,12 @@ class DockerExecutor:
 
         kwargs = {
             "image": self.image(cell),
-            "command": run_args(cell, self.data, "/results")[1:],  # the entrypoint is `bench run`
+            # The entrypoint is `bench run`; the mode is BENCH_MODE, as in compose.yml (an image
+            # without the mode axis then runs and is caught by collect, never a usage error).
+            "command": run_args(cell, self.data, "/results", mode_flag=False)[1:],
             "volumes": {self.data_volume: {"bind": "/data", "mode": "rw"},
                         str(results_dir): {"bind": "/results", "mode": "rw"}},
-            "environment": {"BENCH_NO_VENV": "1", "BENCH_DATA_DIR": "/data"},
+            "environment": {"BENCH_NO_VENV": "1", "BENCH_DATA_DIR": "/data", "BENCH_MODE": cell.mode},
             "detach": True,
             "labels": {"bench.cell": cell.id},
         }
@@ -914,7 +930,7 @@ def cmd_sweep(args) -> int:
         m = matrix_mod.load(args.matrix)
         cells = m.cells(args.executor, args.frameworks, args.variants, args.gpus, args.tasks,
                         True if args.quick else None, only_precisions=getattr(args, "precisions", None),
-                        repeats=getattr(args, "repeats", None))
+                        repeats=getattr(args, "repeats", None), only_modes=getattr(args, "modes", None))
         for cell in cells:
             check_cell_id(cell.id)
         executor = EXECUTOR_CLASSES[args.executor](m, args)
@@ -1044,7 +1060,7 @@ def _timeout(text: str) -> float:
 
 
 def _sweep_repeats(text: str) -> int:
-    """--repeats: cells per (framework, variant, GPU, task, precision), as the matrix's repeats."""
+    """--repeats: cells per (framework, variant, GPU, task, precision, mode), as the matrix's repeats."""
     try:
         value = int(text)
     except ValueError:
@@ -1065,6 +1081,8 @@ def register(sub) -> None:
     p.add_argument("--tasks", type=tasks.parse_tasks, help="comma-separated: cnn,rnn,resnet50")
     p.add_argument("--precisions", type=cli.precision_list,
                    help="comma-separated, any of fp32,tf32,amp-fp16,amp-bf16 (instead of the matrix's precisions)")
+    p.add_argument("--modes", type=cli.mode_list,
+                   help=f"comma-separated, any of {','.join(modes.MODES)} (instead of the matrix's modes)")
     p.add_argument("--quick", action="store_true", help="--quick size for every cell")
     p.add_argument("--repeats", type=_sweep_repeats, help="cells r0, r1, ... per figure (overrides repeats:); "
                    "bench compare needs 4 a side for an interval")

@@ -1,6 +1,6 @@
 """`python -m bench table DIR`: frameworks side by side from a folder of results.
 
-One row per framework (and device, precision and run size): seconds per epoch of the two
+One row per framework (and device, precision, mode and run size): seconds per epoch of the two
 training tasks and ResNet-50 seconds per 1,000 images, as a Markdown table. With
 --precision-ab: each precision against fp32, task by task (report.precision_ab).
 """
@@ -10,7 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from . import results
+from . import modes, results
 
 
 def load_folder(folders, warn=lambda m: print(m, file=sys.stderr)) -> list[dict]:
@@ -32,16 +32,16 @@ def _cell(rows: list[dict], task: str) -> str:
 def comparison_table(records: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["framework"], r["device"], r.get("device_name") or "", r["precision"], r["quick"]),
-                          []).append(r)
+        groups.setdefault((r["framework"], r["device"], r.get("device_name") or "", r["precision"], modes.of(r),
+                           r["quick"]), []).append(r)
     lines = [
-        "| framework | version | device | precision | size | CNN s/epoch | RNN s/epoch | ResNet-50 s/1000 img |",
-        "|---|---|---|---|---|---:|---:|---:|",
+        "| framework | version | device | precision | mode | size | CNN s/epoch | RNN s/epoch | ResNet-50 s/1000 img |",
+        "|---|---|---|---|---|---|---:|---:|---:|",
     ]
-    for (framework, device, device_name, precision, quick), rows in sorted(groups.items()):
+    for (framework, device, device_name, precision, mode, quick), rows in sorted(groups.items()):
         version = next((r["framework_version"] for r in rows if r["framework_version"]), "-")
         where = f"{device} ({device_name})" if device_name else device
-        lines.append(f"| {framework} | {version} | {where} | {precision} | {'quick' if quick else 'full'} | "
+        lines.append(f"| {framework} | {version} | {where} | {precision} | {mode} | {'quick' if quick else 'full'} | "
                      f"{_cell(rows, 'cnn')} | {_cell(rows, 'rnn')} | {_cell(rows, 'resnet50')} |")
     return "\n".join(lines)
 
@@ -57,18 +57,18 @@ def precision_table(records: list[dict]) -> str:
     """Each precision against fp32, per framework and task; a skipped precision shows its reason."""
     from .report import precision_ab  # report imports this module
 
-    lines = ["| framework | device | task | precision | fp32 | time | speed-up | verdict | what was set |",
-             "|---|---|---|---|---:|---:|---:|---|---|"]
+    lines = ["| framework | device | task | precision | mode | fp32 | time | speed-up | verdict | what was set |",
+             "|---|---|---|---|---|---:|---:|---:|---|---|"]
     for r in precision_ab(records):
         unit = "s/1000 img" if r["task"] == "resnet50" else "s"
         lines.append(f"| {r['framework']} | {r['device']} | {r['task']}{' (quick)' if r['quick'] else ''} | "
-                     f"{r['precision']} | {r['fp32']:.2f} {unit} | {r['metric']:.2f} {unit} | "
+                     f"{r['precision']} | {r['mode']} | {r['fp32']:.2f} {unit} | {r['metric']:.2f} {unit} | "
                      f"{r['speedup']:.2f}x | {_verdict(r)} | {r['state']} |")
     skipped = sorted({(r["framework"], r.get("device_name") or r["device"], r["precision"],
                        (r.get("error") or "").replace("UnsupportedPrecision: ", ""))
                       for r in records if r["status"] == "skipped"})
     for framework, device, precision, reason in skipped:
-        lines.append(f"| {framework} | {device} | all | {precision} | | | skipped | | {reason.replace('|', '/')} |")
+        lines.append(f"| {framework} | {device} | all | {precision} | | | | skipped | | {reason.replace('|', '/')} |")
     return "\n".join(lines)
 
 

@@ -8,6 +8,10 @@ noise only ever adds time, and it comes in modes (a whole process, or single rep
 machine can do; the median of repeats flips between modes from one process to the next.
 A figure slower than the band is measured again in up to two fresh processes, and is a
 regression (FAIL) only if it is slow every time; a faster one passes and says so.
+
+Bands are kept per mode as per precision (bench/modes.py): a tuned run is judged only against a
+tuned band, never against the reference's; a band of a baseline made before the mode axis (no
+"mode") is a reference band, as a result without one is a reference run.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from . import cli, envinfo, precisions, results, tasks
+from . import cli, envinfo, modes, precisions, results, tasks
 from . import verdicts as verdicts_mod
 
 BASELINE_FORMAT = "bench-baseline-2"  # 1: bands of all repeats' median; refused
@@ -72,13 +76,20 @@ def band_key(record: dict) -> dict:
         "variant": results.variant_of(record),
         "task": record["task"],
         "precision": record["precision"],
+        "mode": modes.of(record),
         "quick": bool(record.get("quick")),
         "data": record["data"],
     }
 
 
+def band_mode(band: dict) -> str:
+    """A band's mode: bands of baselines made before the mode axis are the reference's."""
+    return band.get("mode") or modes.DEFAULT
+
+
 def _key_tuple(key: dict) -> tuple:
-    return tuple(key[k] for k in ("device_name", "framework", "variant", "task", "precision", "quick", "data"))
+    return (key["device_name"], key["framework"], key["variant"], key["task"], key["precision"],
+            band_mode(key), key["quick"], key["data"])
 
 
 def make_bands(records: list[dict], floor: float = DEFAULT_FLOOR, warn=None) -> list[dict]:
@@ -264,7 +275,8 @@ def cmd_baseline(args) -> int:
           + (f" and {len(probes)} probe runs" if probes else " (no probe run in the folders: validate "
              "cannot judge this machine's hardware by the baseline's; `python -m bench probe --out DIR` adds one)"))
     for b in bands:
-        print(f"  {b['framework']:<18} {b['task']:<9} {b['precision']:<8} {b['device_name']} {'quick' if b['quick'] else 'full'} "
+        print(f"  {b['framework']:<18} {b['task']:<9} {b['precision']:<8} {b['mode']:<9} {b['device_name']} "
+              f"{'quick' if b['quick'] else 'full'} "
               f"{b['data']}: {b['median']:.3f} +{100 * b['tolerance']:.0f}% "
               f"({b['n']} runs x best of {b['repeats_per_run']})")
     return EXIT_PASS
@@ -312,7 +324,14 @@ def cmd_validate(args) -> int:
             print(f"NO BAND: the baseline {args.baseline} has no band for this device ({device_name}) "
                   f"at {', '.join(args.precisions)}", file=sys.stderr)
             return EXIT_NO_BAND
-    runs = plan_runs(here, args.frameworks, args.precisions)
+    wanted_modes = getattr(args, "modes", None)
+    if wanted_modes:
+        here = [b for b in here if band_mode(b) in wanted_modes]
+        if not here:
+            print(f"NO BAND: the baseline {args.baseline} has no band for this device ({device_name}) "
+                  f"in mode {', '.join(wanted_modes)} (a band without a mode is the reference's)", file=sys.stderr)
+            return EXIT_NO_BAND
+    runs = plan_runs(here, args.frameworks, args.precisions, wanted_modes)
     # Best of as many repeats as the baseline's runs had: best of fewer would be judged harsher.
     repeats = args.repeats or max(b.get("repeats_per_run", 3) for b in here)
     task_list = args.tasks or list(tasks.TASK_NAMES)
@@ -327,10 +346,10 @@ def cmd_validate(args) -> int:
     health = measure_health(args, baseline, device, out)
     print(f"[validate] {health['line']}", flush=True)
     verdicts = []
-    for framework, precision in runs:
-        label = framework if precision == precisions.DEFAULT else f"{framework}-{precision}"
+    for framework, precision, mode in runs:
+        label = run_label(framework, precision, mode)
         cmd = [sys.executable, "-m", "bench", "run", "--framework", framework, "--device", device,
-               "--precision", precision, "--tasks", ",".join(task_list), "--data", args.data,
+               "--precision", precision, "--mode", mode, "--tasks", ",".join(task_list), "--data", args.data,
                "--repeats", str(repeats), "--out", str(out / label)]
         if args.quick:
             cmd.append("--quick")
@@ -431,17 +450,27 @@ def measure_health(args, baseline: dict, device: str, out: Path) -> dict:
     return verdicts_mod.machine_health(docs[-1], baseline.get("probes") or [])
 
 
-def plan_runs(bands: list, frameworks=None, wanted=None) -> list:
-    """(framework, precision) pairs to run: each framework (default: every one with a band) at
-    every precision the bands have for it, in the vocabulary's order; a framework asked for by
-    name with no band is still run once (at the first precision wanted, else fp32) to say so."""
+def plan_runs(bands: list, frameworks=None, wanted=None, wanted_modes=None) -> list:
+    """(framework, precision, mode) to run: each framework (default: every one with a band) at
+    every precision and mode the bands have for it together, in the vocabularies' order; a
+    framework asked for by name with no band is still run once (at the first precision and mode
+    wanted, else fp32 and the reference) to say so."""
     names = frameworks or sorted({b["framework"] for b in bands})
     runs = []
     for name in names:
-        found = {b["precision"] for b in bands if b["framework"] == name}
-        chosen = [p for p in precisions.PRECISIONS if p in found]
-        runs.extend((name, p) for p in chosen or [(wanted or [precisions.DEFAULT])[0]])
+        found = {(b["precision"], band_mode(b)) for b in bands if b["framework"] == name}
+        chosen = [(p, m) for p in precisions.PRECISIONS for m in modes.MODES if (p, m) in found]
+        fallback = ((wanted or [precisions.DEFAULT])[0], (wanted_modes or [modes.DEFAULT])[0])
+        runs.extend((name, p, m) for p, m in chosen or [fallback])
     return runs
+
+
+def run_label(framework: str, precision: str, mode: str = modes.DEFAULT) -> str:
+    """'pytorch', 'pytorch-amp-bf16', 'pytorch-tuned', 'pytorch-amp-bf16-tuned': the run's folder
+    and name in the verdicts (fp32 and the reference add nothing)."""
+    parts = [framework] + ([precision] if precision != precisions.DEFAULT else []) \
+        + ([mode] if mode != modes.DEFAULT else [])
+    return "-".join(parts)
 
 
 def judge_folder(folder: Path, framework: str, task_list: list, bands: list[dict]) -> list[dict]:
@@ -465,7 +494,10 @@ def judge(record: dict, bands: list[dict]) -> dict:
     """One process's figure against its band: verdict, body (the table line after the verdict),
     ratio and slow where the figure is a number."""
     task = record["task"]
-    name = record["framework"] if record["precision"] == precisions.DEFAULT else f"{record['framework']} {record['precision']}"
+    # 'pytorch', 'pytorch amp-bf16', 'pytorch tuned': fp32 and the reference add nothing
+    extra = [v for v, default in ((record["precision"], precisions.DEFAULT), (modes.of(record), modes.DEFAULT))
+             if v != default]
+    name = " ".join([record["framework"], *extra])
     if record["status"] != "ok":
         return {"verdict": verdicts_mod.FAIL, "task": task, "record": record,
                 "body": f"{name:<19} {task:<9} run {record['status']}: {record['error']}"}
@@ -541,6 +573,9 @@ def register(sub) -> None:
     p.add_argument("--precision", dest="precisions", type=cli.precision_list, default=None,
                    help="comma-separated precisions (default: every precision the baseline has a band "
                         "for on this device)")
+    p.add_argument("--modes", "--mode", dest="modes", type=cli.mode_list, default=None,
+                   help=f"comma-separated, any of {','.join(modes.MODES)} (default: every mode the baseline "
+                        "has a band for on this device; a band without a mode is the reference's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
     p.add_argument("--repeats", type=_repeats, default=None,

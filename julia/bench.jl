@@ -18,6 +18,9 @@ using Knet, CUDA, JSON3, NPZ, Pkg, Random, Statistics
 
 const REQUEST = JSON3.read(read(ARGS[1], String))
 const SPEC = REQUEST.spec
+# The mode (bench/modes.py): "reference" or "tuned"; absent means reference.
+const MODES = ("reference", "tuned")
+const MODE = String(get(REQUEST, :mode, "reference"))
 
 function fail(message, status=1)
     open(REQUEST.measurement, "w") do io
@@ -162,6 +165,24 @@ function precision_state(precision, device, capability, model, output_type)
          "param_dtype" => one_dtype(eltype(value(p)) for p in params(model)),
          "loss_scaling" => "none", "loss_scaler" => nothing, "mechanism" => mechanism,
          "read_back" => sort(read_back), "switches" => switches)
+end
+
+# ---------------------------------------------------------------- mode
+
+# conventions["mode"], the fields of bench/modes.state(). Tuned runs the reference code: Knet has
+# no compiled or graph mode to turn on (AutoGrad.jl records each call's operations afresh), and
+# the fast paths its documentation gives for these models, Float32 GPU arrays
+# (Knet.array_type[] = CuArray{Float32}) with cuDNN's conv4, pool, batchnorm and RNN, are the
+# reference's already.
+const KNET_NO_SWITCH = "a Knet switch beyond the reference"
+const KNET_NO_SWITCH_REASON = "Knet documents none for these models: it has no compiled or graph mode " *
+    "(AutoGrad.jl's tape is recorded on every call), and its fast paths, Float32 arrays on the GPU " *
+    "(Knet.array_type[] = CuArray{Float32}) with cuDNN's conv4, pool, batchnorm and RNN, are the " *
+    "reference's already; tuned runs the reference code"
+
+function mode_state(mode)
+    not_applied = mode == "tuned" ? Dict(KNET_NO_SWITCH => KNET_NO_SWITCH_REASON) : Dict{String,String}()
+    Dict("mode" => mode, "switches" => String[], "not_applied" => not_applied)
 end
 
 # ---------------------------------------------------------------- layers
@@ -329,6 +350,7 @@ end
 # ---------------------------------------------------------------- the task
 
 function main()
+    MODE in MODES || fail("unknown mode $(repr(MODE)); use one of $(join(MODES, ", "))", 2)
     device = init_device(REQUEST.device)
     precision = String(REQUEST.precision)
     capability = init_precision(precision, device)
@@ -347,7 +369,8 @@ function main()
                    "conventions" => Dict("resnet_conv_bias" => false, "weights" => "random",
                                          "timing" => "timed in Julia", "source" => "ResNet-50 written with Knet",
                                          "precision" => precision_state(precision, device, capability,
-                                                                        model, output_type))))
+                                                                        model, output_type),
+                                         "mode" => mode_state(MODE))))
     else
         images = SPEC.name == "cnn"
         model = images ? build_cnn(SPEC) : build_rnn(SPEC)
@@ -361,6 +384,7 @@ function main()
                       Dict{String,Any}("gru_bias" => "two vectors per gate (Knet RNN, cuDNN layout)", "gru_biases" => 600,
                                        "timing" => "timed in Julia")
         conventions["precision"] = precision_state(precision, device, capability, model, eltype(logits))
+        conventions["mode"] = mode_state(MODE)
         Dict("epoch_times_s" => times, "losses" => losses, "params" => count_params(model),
              "conventions" => conventions, "timed_windows" => windows, "device_memory" => memory)
     end

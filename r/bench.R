@@ -17,6 +17,13 @@
 # bench.precisions.state). A precision this program cannot run on the device writes
 # {"skipped": reason} (bench.precisions.skip_reason's words) and exits 0.
 #
+# Mode (bench/modes.py): the request's "mode", "reference" (absent: reference) or "tuned". Tuned
+# sets what Keras's compile() documents beyond the reference's jit_compile = "auto", as
+# bench/frameworks/keras_multi.py does for keras-tensorflow (the same Keras and TensorFlow): XLA
+# (compile(jit_compile = TRUE); ResNet-50 through the model's jit_compile attribute) where "auto"
+# leaves it off, on a CPU-only machine; with a GPU "auto" is XLA already. tuned_cpu_jit holds the
+# choice per task; conventions$mode says what was switched on and what was left off, and why.
+#
 # Equivalence mode (issue 12, `python -m bench equivalence`): a request with "mode":
 # "equivalence" names "tasks", a "folder" holding weights-TASK.npz (bench/canonical.py's layout)
 # and inputs-TASK.npz, "specs" ({task: the check's hyperparameters}) and "epoch_orders" ({task:
@@ -34,7 +41,11 @@ suppressPackageStartupMessages({
 
 request <- fromJSON(commandArgs(trailingOnly = TRUE)[[1]], simplifyVector = TRUE)
 spec <- request$spec
-equivalence <- identical(request$mode, "equivalence")
+# "mode" is the run's mode (bench/modes.py: reference | tuned; absent: reference), except in the
+# equivalence check's request, whose "mode" is "equivalence" (then "run_mode" is the run's mode),
+# or which says "equivalence": true beside its mode.
+equivalence <- identical(request$mode, "equivalence") || isTRUE(request$equivalence)
+run_mode <- if (identical(request$mode, "equivalence")) request$run_mode else request$mode
 if (equivalence) {  # the check runs on the CPU in fp32 unless the request says otherwise
   if (is.null(request$device)) request$device <- "cpu"
   if (is.null(request$precision)) request$precision <- "fp32"
@@ -58,7 +69,10 @@ skip <- function(reason) {
 script <- sub("^--file=", "", grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)[[1]])
 repo <- normalizePath(file.path(dirname(script), ".."))
 precisions <- import_from_path("bench.precisions", path = repo)
+bench_modes <- import_from_path("bench.modes", path = repo)
 builtins <- import_builtins()
+if (is.null(run_mode)) run_mode <- bench_modes$DEFAULT
+tryCatch(bench_modes$check_name(run_mode), error = function(e) fail(conditionMessage(e), 2L))
 
 np <- import("numpy", convert = FALSE)
 tf <- import("tensorflow")
@@ -67,6 +81,58 @@ layers <- keras$layers
 policy_for <- c(fp32 = "float32", tf32 = "float32", "amp-fp16" = "mixed_float16",
                 "amp-bf16" = "mixed_bfloat16")
 OUTPUT <- "logits"  # the output Dense: float32 in every precision
+
+# ---------------------------------------------------------------- mode (bench/modes.py)
+
+# Tuned: compile(jit_compile = TRUE), XLA, where Keras's "auto" leaves it off (a CPU-only
+# machine; with a GPU "auto" is XLA already), per task as measured for keras-tensorflow, the same
+# Keras and TensorFlow (bench/frameworks/keras_multi.py's "Mode" paragraph).
+tuned_cpu_jit <- c(cnn = FALSE, rnn = FALSE, resnet50 = FALSE)
+# keras-tensorflow's figures (bench/frameworks/keras_multi.py, JIT_CPU_LEFT_OFF), 2026-12-01, this
+# shared 2-core CPU; from R, the CNN's first 2-batch epoch took 132.9 s with XLA against 8.6 s.
+jit_left_off <- c(
+  cnn = paste("measured slower (keras-tensorflow, the same Keras and TensorFlow): steady epoch 4.2x the",
+              "reference's (per round 4.2, 3.2, 2.6), first epoch 4.2x (compile); from R the first 2-batch epoch took",
+              "132.9 s against 8.6 s (2026-12-01, this shared 2-core CPU)"),
+  rnn = paste("no gain measured (keras-tensorflow, the same Keras and TensorFlow): steady epoch per round",
+              "0.99, 1.2, 0.65 of the reference's, within this shared CPU's noise; first epoch 1.8x",
+              "(2026-12-01, 2-core CPU)"),
+  resnet50 = paste("measured slower (keras-tensorflow, the same Keras and TensorFlow): steady batch 1.6x",
+                   "the reference's (per round 1.75, 1.51, 1.65), first batch 2.4x (2026-12-01, this shared 2-core CPU)"))
+
+jit_for <- function(task, device) {
+  cpu_only <- device == "cpu" && length(tf$config$list_physical_devices("GPU")) == 0
+  if (run_mode == "tuned" && cpu_only && tuned_cpu_jit[[task]]) TRUE else "auto"
+}
+
+# bench.modes.state() as JSON wants it: switches an array, not_applied an object, even when empty.
+as_state <- function(state) {
+  state$switches <- I(as.character(unlist(state$switches)))
+  if (length(state$not_applied) == 0) state$not_applied <- structure(list(), names = character(0))
+  state
+}
+
+mode_state <- function(task, device) {
+  if (run_mode == "reference") return(as_state(bench_modes$state(run_mode)))
+  what <- if (task == "resnet50") "predict_on_batch" else "the fit() train step and predict()"
+  jit <- sprintf("jit_compile=True (Model.compile, from R): XLA of %s", what)
+  switches <- list()
+  not_applied <- list()
+  if (isTRUE(jit_for(task, device))) {
+    switches <- list(jit)
+  } else if (device == "gpu" || length(tf$config$list_physical_devices("GPU")) > 0) {  # --device cpu too
+    not_applied[[jit]] <- "already on in the reference: jit_compile='auto' is XLA where TensorFlow lists a GPU"
+  } else {
+    not_applied[[jit]] <- jit_left_off[[task]]
+  }
+  if (task != "resnet50")
+    not_applied[["steps_per_execution > 1 (Model.compile)"]] <- paste(
+      "Keras reads steps_per_execution batches per execution whatever is left of the epoch",
+      "(keras/src/trainers/epoch_iterator.py): unless it divides the epoch's batch count (CNN 781 = 11 x 71,",
+      "GRU 390), an execution takes the next epoch's first batches, which breaks the per-epoch clock and",
+      "the harness's batch order")
+  as_state(bench_modes$state(run_mode, switches = switches, not_applied = not_applied))
+}
 
 # ---------------------------------------------------------------- framework and device
 
@@ -212,7 +278,8 @@ build_cnn <- function(spec, device) {
   ))
   model$compile(
     optimizer = loss_scaled(keras$optimizers$SGD(learning_rate = spec$lr, momentum = spec$momentum)),
-    loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE)
+    loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE),
+    jit_compile = jit_for("cnn", device)
   )
   model
 }
@@ -229,7 +296,8 @@ build_rnn <- function(spec, device) {
   model$compile(
     optimizer = loss_scaled(keras$optimizers$Adam(learning_rate = spec$lr, beta_1 = spec$beta1,
                                                   beta_2 = spec$beta2, epsilon = spec$epsilon)),
-    loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE)
+    loss = keras$losses$SparseCategoricalCrossentropy(from_logits = TRUE),
+    jit_compile = jit_for("rnn", device)
   )
   model
 }
@@ -327,8 +395,11 @@ train <- function(model, x, y, spec, device, orders) {
 # ---------------------------------------------------------------- ResNet-50
 
 build_resnet50 <- function(spec, device) {
-  keras$applications$ResNet50(include_top = FALSE, weights = NULL, pooling = "avg",
-                              input_shape = image_shape(spec$image_shape, device))
+  model <- keras$applications$ResNet50(include_top = FALSE, weights = NULL, pooling = "avg",
+                                       input_shape = image_shape(spec$image_shape, device))
+  # the attribute compile(jit_compile = ...) sets; compile() itself would add an optimizer
+  if (isTRUE(jit_for("resnet50", device))) model$jit_compile <- TRUE
+  model
 }
 
 extract <- function(model, x, spec, device) {
@@ -364,15 +435,17 @@ conventions_for <- function(task, device, state) {
     return(list(resnet_conv_bias = TRUE, weights = "random", timing = "timed in R",
                 source = "keras.applications.ResNet50(include_top=False, pooling='avg') from R",
                 resnet_stride = "1x1 (original paper, v1)", bn_epsilon = 1.001e-5,
-                pool1 = "max 3x3, stride 2, padding 1", precision = state))
+                pool1 = "max 3x3, stride 2, padding 1", precision = state,
+                mode = mode_state(task, device)))
   if (task == "cnn")
     return(list(layout = if (device == "gpu") "NCHW" else "NHWC",
                 init = "glorot_uniform (Keras defaults)", timing = "timed in R",
-                epoch_timing = epoch_timing, precision = state))
+                epoch_timing = epoch_timing, precision = state, mode = mode_state(task, device)))
   list(gru_bias = "two vectors per gate (reset_after=True)", gru_biases = 600L,
        adam_epsilon = "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
        adam_embedding_v = "sum of each occurrence's squared gradient (tf.IndexedSlices)",
-       timing = "timed in R", epoch_timing = epoch_timing, precision = state)
+       timing = "timed in R", epoch_timing = epoch_timing, precision = state,
+       mode = mode_state(task, device))
 }
 
 # ---------------------------------------------------------------- equivalence (issue 12)

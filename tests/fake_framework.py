@@ -2,7 +2,8 @@
 
 FAKE_MODE (environment) picks a behaviour: ok, nan, raise-rnn, oom, wrong-params,
 wrong-shape, fp16-features (ResNet-50 features in float16), lie-precision (reports fp32
-numerics whatever precision it was asked for). Precisions: fp32 and amp-bf16 run on the CPU,
+numerics whatever precision it was asked for), lie-mode (reports the reference mode whatever
+mode it was asked for). Precisions: fp32 and amp-bf16 run on the CPU,
 the others are skipped with bench.precisions' reasons. The models are not real; the harness
 tests do not measure them.
 """
@@ -12,25 +13,26 @@ import os
 
 import numpy as np
 
-from bench import precisions
+from bench import modes, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 
 NAME = "fake"
 SEEDS = []  # every set_seed call, in order
-_precision = {"name": "fp32"}
+_precision = {"name": "fp32", "mode": modes.DEFAULT}
 
 
 def _mode() -> str:
     return os.environ.get("FAKE_MODE", "ok")
 
 
-def init_device(device, precision):
+def init_device(device, precision, mode=modes.DEFAULT):
+    modes.check_name(mode)
     if device == "gpu":
         raise DeviceUnavailable("no GPU found: the fake framework has none")
     reason = precisions.skip_reason(precision, device, None, NAME)
     if reason:
         raise UnsupportedPrecision(reason)
-    _precision["name"] = precision
+    _precision.update(name=precision, mode=mode)
     return "cpu"
 
 
@@ -69,7 +71,11 @@ def count_params(model):
 
 
 def conventions(task, dev):
-    return {"fake": True}
+    mode = modes.DEFAULT if _mode() == "lie-mode" else _precision["mode"]
+    tuned = mode == "tuned"
+    return {"fake": True, "mode": modes.state(
+        mode, switches=["fake.fast (the fake's tuned switch)"] if tuned else [],
+        not_applied={"fake.gpu_only": "GPU only; this is a CPU"} if tuned else {})}
 
 
 def build_cnn(spec, dev):

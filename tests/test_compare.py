@@ -77,8 +77,14 @@ def _base() -> dict:
     return json.loads(path.read_text())
 
 
-def _result(times, cell=None, driver=None, variant=None, precision="fp32") -> dict:
+def _result(times, cell=None, driver=None, variant=None, precision="fp32", mode=None, switches=None) -> dict:
     r = copy.deepcopy(_base())
+    r.pop("mode", None)
+    if mode is not None:
+        r["mode"] = mode
+    if switches is not None:
+        r["conventions"] = dict(r.get("conventions") or {}, mode={"mode": mode or "reference",
+                                                                  "switches": switches, "not_applied": {}})
     r["repeats"] = [{"time_total_s": t, "epoch_times_s": [t], "accuracy": None, "final_loss": 0.5} for t in times]
     r["time_total_s"] = float(np.median(times))
     r["epoch_times_s"] = [r["time_total_s"]]
@@ -133,10 +139,43 @@ def test_the_command_splits_one_folder_by_precision_against_fp32(tmp_path):
     assert "B = amp-bf16 against A = fp32" in proc.stdout and "faster: 0.80" in proc.stdout
 
 
+def test_the_command_splits_one_folder_by_mode_against_the_reference(tmp_path):
+    # one result from before the mode axis (no mode: the reference), one reference, one tuned
+    folder = _folder(tmp_path / "r", [_result([10.0, 10.1]), _result([9.9, 10.05], mode="reference", switches=[]),
+                                      _result([5.0, 5.05, 4.95, 5.02], mode="tuned",
+                                              switches=["torch.compile (inductor) of the training step"])])
+    proc = run_bench("compare", str(folder), "--by", "mode")
+    assert proc.returncode == 0, proc.stderr
+    assert "B = tuned against A = reference (1 and 2 results)" in proc.stdout
+    assert "faster: 0.50" in proc.stdout and "rnn pytorch fp32 " in proc.stdout
+    assert "pytorch switches: none -> torch.compile (inductor) of the training step" in proc.stdout
+    proc = run_bench("compare", str(folder), "--by", "mode", "--a", "tuned", "--b", "reference")
+    assert "B = reference against A = tuned" in proc.stdout and "slower: 2.0" in proc.stdout
+    proc = run_bench("compare", str(folder), "--by", "mode", "--b", "fast")
+    assert proc.returncode == 2 and "no ok result has mode 'fast'; the folder has reference, tuned" in proc.stderr
+
+
+def test_two_folders_compare_each_mode_with_the_same_mode_never_pooled():
+    a = [_result([10.0] * 4), _result([5.0] * 4, mode="tuned")]
+    b = [_result([10.0] * 4, mode="reference"), _result([6.0] * 4, mode="tuned")]
+    rows, skipped = compare.compare_sides(a, b)
+    assert not skipped
+    by_label = {r["label"]: r for r in rows}
+    assert set(by_label) == {"rnn pytorch fp32", "rnn pytorch fp32 tuned"}  # the reference adds nothing
+    assert by_label["rnn pytorch fp32"]["ratio"] == pytest.approx(1.0)
+    assert by_label["rnn pytorch fp32 tuned"]["ratio"] == pytest.approx(1.2)
+    assert by_label["rnn pytorch fp32 tuned"]["mode"] == "tuned" and by_label["rnn pytorch fp32"]["mode"] == "reference"
+    # split by mode, the mode is no longer part of the figure: one row, tuned against reference
+    [row] = compare.compare_sides(a[:1], a[1:], by="mode")[0]
+    assert row["label"] == "rnn pytorch fp32" and row["ratio"] == pytest.approx(0.5) and "mode" not in row
+
+
 @pytest.mark.parametrize("argv, text", [
     (["A", "B", "--by", "variant"], "give two folders"),
     (["A"], "give two folders"),
     (["A", "--by", "gpu"], "holds 1 value(s) of gpu"),
+    (["A", "--by", "mode"], "holds 1 value(s) of mode (reference); a comparison needs two"),
+    (["A", "--by", "modes"], "invalid choice: 'modes'"),
     (["A", "--by", "precision", "--b", "tf32"], "no ok result has precision 'tf32'"),
     (["missing", "B"], "does not exist"),
 ])

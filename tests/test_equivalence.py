@@ -180,12 +180,15 @@ def test_a_deliberately_broken_translation_fails_the_check(reference, tmp_path, 
 
 
 def test_every_framework_set_up_here_computes_the_same_function():
-    """`python -m bench equivalence` over every framework installed here (the README's table)."""
+    """`python -m bench equivalence --modes reference,tuned` over every framework installed here
+    (the README's table): each tuned file against every reference file, its own included."""
     chosen = equivalence.candidates()
     if len(chosen) < 2:
         pytest.skip("fewer than two frameworks set up here")
-    proc = run_bench("equivalence", timeout=1800)
+    proc = run_bench("equivalence", "--modes", "reference,tuned", timeout=2400)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "all pairs within tolerance" in proc.stdout
     for task in tasks.TASK_NAMES:
         assert f"{task}: largest difference / tolerance" in proc.stdout
+    for fw, _ in chosen:
+        assert f"[equivalence] {equivalence.entry_name(fw.name, 'tuned')}:" in proc.stdout

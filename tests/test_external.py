@@ -35,11 +35,14 @@ compute = {{"fp32": "float32", "tf32": "float32", "amp-fp16": "float16", "amp-bf
 state = {{"name": name, "tf32": name == "tf32", "compute_dtype": compute, "param_dtype": "float32",
          "loss_scaling": "dynamic" if name == "amp-fp16" else "none", "loss_scaler": None,
          "mechanism": "fake Julia", "read_back": [], "switches": {{}}}}
+run_mode = "reference" if mode == "lie-mode" else request.get("mode", "reference")
+mode_state = {{"mode": run_mode, "switches": [],
+              "not_applied": {{"a tuned switch": "the fake documents none"}} if run_mode == "tuned" else {{}}}}
 m = {{"params": params, "framework_version": "Knet 1.4.10 (Julia 1.8.5)", "env": {{"julia": "1.8.5"}},
-     "conventions": {{"timing": "timed in Julia", "precision": state,
+     "conventions": {{"timing": "timed in Julia", "precision": state, "mode": mode_state,
                      "tf32_override_seen": os.environ.get("NVIDIA_TF32_OVERRIDE")}}}}
 if spec["name"] == "resnet50":
-    m.update(time_total_s=2.0, images=spec["batches"] * spec["batch_size"],
+    m.update(time_total_s=2.0, images=spec["batches"] * spec["batch_size"], first_batch_s=0.5,
              features_shape=[spec["batch_size"], 2048],
              features_dtype="float16" if mode == "fp16-features" else "float32")
 else:
@@ -130,13 +133,27 @@ def test_r_keras_runs_the_three_tasks_from_r(tmp_path):
     assert records["cnn"]["final_loss"] < 2.4 and records["cnn"]["epoch_times_s"][0] > 0
 
 
-def _knet(fake_julia, tmp_path, mode, task="cnn", precision="fp32"):
+def _knet(fake_julia, tmp_path, mode, task="cnn", precision="fp32", run_mode="reference"):
     """One quick task through the stand-in julia in FAKE_JULIA_MODE mode: (process, its record)."""
     if mode is not None:
         fake_julia["FAKE_JULIA_MODE"] = mode
     proc = run_bench("run", "--framework", "knet", "--data", "synthetic", "--quick", "--tasks", task,
-                     "--precision", precision, "--out", str(tmp_path / "out"), env=fake_julia)
+                     "--precision", precision, "--mode", run_mode, "--out", str(tmp_path / "out"), env=fake_julia)
     return proc, _records(tmp_path / "out")[task]
+
+
+def test_the_program_is_asked_for_the_mode_and_its_report_is_kept(fake_julia, tmp_path):
+    proc, record = _knet(fake_julia, tmp_path, None, task="resnet50", run_mode="tuned")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert record["mode"] == "tuned" and record["conventions"]["mode"]["not_applied"]
+    assert record["cold_start"] == {"first_batch_s": 0.5, "steady_batch_s": pytest.approx(2.0 / 2)}
+
+
+def test_a_program_reporting_another_mode_than_asked_is_a_failed_task(fake_julia, tmp_path):
+    proc, record = _knet(fake_julia, tmp_path, "lie-mode", run_mode="tuned")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert record["status"] == "failed" and "ModeMismatch" in record["error"]
+    assert "it ran mode 'reference', asked for 'tuned'" in record["error"]
 
 
 def test_a_precision_the_program_cannot_run_is_skipped_with_its_reason(fake_julia, tmp_path):

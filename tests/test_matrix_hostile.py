@@ -302,8 +302,8 @@ def test_cells_are_counted_before_any_is_built(tmp_path, monkeypatch):
     monkeypatch.setattr(matrix, "Cell", CountingCell)
     with pytest.raises(matrix.MatrixError) as info:
         m.cells("local")
-    assert ("(frameworks x variants) x gpus x tasks x precisions x repeats = 1 x 50 x 3 x 4 x 20 "
-            "= 12000 cells; at most 10000; narrow the matrix or use --frameworks/--variants/--gpus/--tasks"
+    assert ("(frameworks x variants) x gpus x tasks x precisions x modes x repeats = 1 x 50 x 3 x 4 x 1 x 20 "
+            "= 12000 cells; at most 10000; narrow the matrix or use --frameworks/--variants/--gpus/--tasks/--modes"
             ) in str(info.value)
     assert built == []
     assert len(m.cells("local", only_gpus=["g1", "g2"])) == 2 * 3 * 4 * 20  # narrowed: fine
@@ -386,9 +386,70 @@ def test_the_shipped_matrices_validate_against_the_schema(path):
 def test_the_shipped_matrix_expands_as_before():
     m = matrix.load(REPO / "matrix.yaml")
     variants = sum(len(m.variants(fw)) for fw in m.frameworks)
-    assert len(m.cells("docker")) == variants * len(m.gpus) * len(m.doc["tasks"]) * m.doc["repeats"] == 144 * 5
-    assert len(m.cells("local")) == len(m.frameworks) * len(m.gpus) * 3 * 5 == 99 * 5
-    assert m.cells("slurm")[0].id == "pytorch__venv__cpu__cnn__fp32__r0"
+    assert m.doc["modes"] == ["reference", "tuned"]  # the mode A/B: twice the cells of one mode
+    assert len(m.cells("docker")) == variants * len(m.gpus) * len(m.doc["tasks"]) * 2 * m.doc["repeats"] == 144 * 2 * 5
+    assert len(m.cells("local")) == len(m.frameworks) * len(m.gpus) * 3 * 2 * 5 == 99 * 2 * 5
+    assert len(m.cells("local", only_modes=["reference"])) == 99 * 5  # --modes reference: as before the axis
+    first, second = m.cells("slurm")[:2]
+    assert first.id == "pytorch__venv__cpu__cnn__fp32__r0" and first.mode == "reference"
+    assert second.id == "pytorch__venv__cpu__cnn__fp32__tuned__r0" and second.mode == "tuned"
+
+
+# ---------------------------------------------------------------- modes:
+
+def test_modes_default_to_the_reference_and_each_cell_carries_its_mode(tmp_path):
+    m = matrix.load(_write(tmp_path, BASE))
+    assert [c.mode for c in m.cells("docker")] == ["reference"]
+    m = matrix.load(_write(tmp_path, BASE + "modes: [reference, tuned]\nrepeats: 2\n"))
+    cells = m.cells("docker")
+    # repeats outermost, modes innermost: the two modes of a figure run back to back
+    assert [(c.repeat, c.mode) for c in cells] == [(0, "reference"), (0, "tuned"), (1, "reference"), (1, "tuned")]
+    assert [c.id for c in cells] == ["pytorch__cu130__cpu__cnn__fp32__r0__quick",
+                                     "pytorch__cu130__cpu__cnn__fp32__tuned__r0__quick",
+                                     "pytorch__cu130__cpu__cnn__fp32__r1__quick",
+                                     "pytorch__cu130__cpu__cnn__fp32__tuned__r1__quick"]
+    assert len({c.id for c in cells}) == 4
+    # --modes chooses whatever the matrix lists, in the order given, each once
+    assert [c.mode for c in m.cells("docker", only_modes=["tuned"], repeats=1)] == ["tuned"]
+    assert [c.mode for c in m.cells("docker", only_modes=["tuned", "reference", "tuned"], repeats=1)] == \
+        ["tuned", "reference"]
+    only_reference = matrix.load(_write(tmp_path, BASE + "modes: [reference]\n"))
+    assert [c.mode for c in only_reference.cells("docker", only_modes=["tuned"])] == ["tuned"]
+    with pytest.raises(matrix.MatrixError, match=re.escape("--modes: unknown mode 'fast'; use one of reference, tuned")):
+        m.cells("docker", only_modes=["fast"])
+
+
+def test_a_cell_id_of_the_reference_mode_is_the_id_from_before_the_mode_axis():
+    args = dict(framework="pytorch", variant="venv", gpu="cpu", device="cpu", task="rnn", precision="amp-bf16",
+                repeat=3, quick=True)
+    assert matrix.Cell(**args).id == matrix.Cell(**args, mode="reference").id == \
+        "pytorch__venv__cpu__rnn__amp-bf16__r3__quick"
+    tuned = matrix.Cell(**args, mode="tuned").id
+    assert tuned == "pytorch__venv__cpu__rnn__amp-bf16__tuned__r3__quick"
+    assert tuned.split("__")[4] == "amp-bf16"  # the precision stays where it was
+
+
+@pytest.mark.parametrize("text, message", [
+    ("modes: [reference, fast]\n", f"modes[1] (line {NEXT}) is 'fast'; choose from reference, tuned"),
+    ("modes: [Tuned]\n", f"modes[0] (line {NEXT}) is 'Tuned'; choose from reference, tuned"),
+    ("modes:\n  - reference\n  - compiled\n", f"modes[1] (line {NEXT + 2}) is 'compiled'; choose from reference, tuned"),
+    ("modes: []\n", f"modes (line {NEXT}) is empty; it must be a list of modes such as [reference, tuned]"),
+    ("modes: tuned\n", f"modes (line {NEXT}) must be a list of modes such as [reference, tuned], not the text 'tuned'"),
+    ("modes: [tuned, tuned]\n", f"modes (line {NEXT}) lists 'tuned' more than once; list each once"),
+    ("modes: [reference, 1]\n", f"modes[1] (line {NEXT}) is 1; choose from reference, tuned"),
+    ("mode: [tuned]\n", f"unknown key 'mode' (line {NEXT}); allowed here: data, executors, frameworks, gpus, "
+                         "modes, precisions, quick, repeats, tasks, timeout_s, version"),
+])
+def test_a_bad_mode_names_the_key_its_line_and_the_known_modes(tmp_path, text, message):
+    error = _error(tmp_path, BASE + text)
+    assert error == f"{tmp_path / 'matrix.yaml'}: {message}", error
+
+
+def test_the_schema_knows_the_modes_of_the_vocabulary():
+    from bench import modes
+
+    items = _schema()["properties"]["modes"]["items"]
+    assert tuple(items["enum"]) == modes.MODES
 
 
 def test_a_gpu_without_device_and_a_variant_without_image_keep_their_messages(tmp_path):

@@ -57,7 +57,7 @@ def test_html_and_markdown_hold_every_section(tmp_path, results_dir):
     assert "pytorch 2.14.1" in html and "tensorflow 2.21.0" in html
     # The fastest of each column is marked once per column.
     assert html.count("class=\"fastest\"") == 3
-    assert "| framework | AMD EPYC / venv / fp32 |" in md
+    assert "| framework | AMD EPYC / venv / fp32 / reference |" in md  # results without a mode: the reference
     assert md.count("** ★") == 3 and "no GPU found" in md and "<svg" not in md
     for external in ('src="http', "src='http", 'href="http', "url(http", "@import", "<link"):
         assert external not in html  # self-contained: nothing to fetch on an air-gapped cluster
@@ -112,7 +112,7 @@ def test_cuda_ab_speedups_against_the_matrix_baseline(tmp_path, results_dir):
     assert speedups == {"cu126": pytest.approx(10.0 / 12.0), "cu130": pytest.approx(1.0)}
     assert all(r["baseline"] == "cu130" and r["baseline_from"] == "matrix.yaml" for r in rows)
     html, md, _ = _render(tmp_path, results_dir)
-    assert "0.833" in html and "NVIDIA H100 80GB HBM3 / cu126 / fp32" in html
+    assert "0.833" in html and "NVIDIA H100 80GB HBM3 / cu126 / fp32 / reference" in html
     # Full-size GPU runs get their own section, never a column beside quick CPU runs.
     assert 'id="cnn"' in html and 'id="cnn-quick"' in html
 
@@ -180,13 +180,14 @@ def test_precisions_get_their_own_columns_and_an_ab_table_against_fp32(tmp_path)
     results.write_result(_precision_result(base, "amp-bf16", 8.0), folder, "bf16.json")
     records = [results.load_result(p) for p in folder.glob("*.json")]
     [table] = report.build_tables(records)
-    assert sorted(table.columns) == [f"{base['device_name']} / venv / amp-bf16", f"{base['device_name']} / venv / fp32"]
+    assert sorted(table.columns) == [f"{base['device_name']} / venv / amp-bf16 / reference",
+                                     f"{base['device_name']} / venv / fp32 / reference"]
     [row] = report.precision_ab(records)
     assert row["precision"] == "amp-bf16" and row["speedup"] == pytest.approx(12.0 / 8.0)
     assert row["state"] == "compute bfloat16, weights float32, TF32 off, loss scaling none"
     html, md, _ = _render(tmp_path, folder)
     assert 'id="precision-ab"' in html and "1.500" in html
-    assert "## Precision A/B" in md and "| amp-bf16 | 12.00 | 8.00 | 1.500x |" in md
+    assert "## Precision A/B" in md and "| amp-bf16 | reference | 12.00 | 8.00 | 1.500x |" in md
     assert "| 1.500x | - | not enough repeats (n=1, 1) |" in md  # one repeat a side: no verdict
     assert "no interval (n=1, 6 needed)" in html
 
@@ -202,7 +203,7 @@ def test_the_ab_tables_and_medians_carry_intervals_and_verdicts(tmp_path):
     [row] = report.precision_ab(records)
     assert row["verdict"] == "faster" and row["speedup_low"] < 1.5 < row["speedup_high"] * 1.01
     [table] = report.build_tables(records)
-    cell = table.cell(base["framework"], f"{base['device_name']} / venv / fp32")
+    cell = table.cell(base["framework"], f"{base['device_name']} / venv / fp32 / reference")
     assert cell.interval == (12.0, 12.0 * 1.01)  # 6 repeats: the order statistics 1 and 6
     html, md, _ = _render(tmp_path, folder)
     assert "median 95 %: 12.00-12.12" in html and "| faster |" in md
@@ -252,3 +253,129 @@ def test_resources_and_machine_health_are_reported(tmp_path, results_dir):
     assert "throttled (power cap) for 40 % of the run" in html and "throttled (power cap)" in md
     assert "GFLOP/s" in html and "gemm fp32" in html  # the probe's table
     assert "| gemm fp32 |" in md
+
+
+# ---------------------------------------------------------------- the mode axis
+
+def _mode_result(base: dict, mode, totals, epochs=None, precision="fp32", switches=(), not_applied=None) -> dict:
+    """A training result of one mode: one record per total (a sweep's repeated cells), each
+    with its epochs (first, then steady) and the cold start the runner derives from them."""
+    from bench import runner
+
+    out = []
+    for i, total in enumerate(totals):
+        rec = _precision_result(base, precision, total)
+        rec.pop("mode", None)
+        if mode is not None:
+            rec["mode"] = mode
+            rec["conventions"]["mode"] = {"mode": mode, "switches": list(switches),
+                                          "not_applied": dict(not_applied or {})}
+        times = epochs(total) if epochs else [total]
+        rec["epoch_times_s"] = times
+        rec["repeats"] = [dict(rec["repeats"][0], time_total_s=total, epoch_times_s=times)]
+        rec["cold_start"] = runner.training_cold_start(times)
+        rec["cell"] = {"id": f"x{'__' + mode if mode == 'tuned' else ''}__r{i}", "variant": "venv",
+                       "gpu_type": "cpu", "repeat": i, "executor": "local"}
+        out.append(rec)
+    return out
+
+
+def test_modes_get_their_own_columns_and_never_pool(tmp_path):
+    base = _fixture("pytorch-cnn-cpu")
+    records = _mode_result(base, None, [12.0]) + _mode_result(base, "tuned", [6.0], switches=["torch.compile"])
+    [table] = report.build_tables(records)
+    device = base["device_name"]
+    assert sorted(table.columns) == [f"{device} / venv / fp32 / reference", f"{device} / venv / fp32 / tuned"]
+    assert table.cell("pytorch", f"{device} / venv / fp32 / reference").metric == 12.0
+    assert table.cell("pytorch", f"{device} / venv / fp32 / tuned").metric == 6.0
+
+
+def test_the_precision_ab_compares_within_one_mode():
+    base = _fixture("pytorch-cnn-cpu")
+    records = (_mode_result(base, None, [12.0]) + _mode_result(base, None, [8.0], precision="amp-bf16")
+               + _mode_result(base, "tuned", [6.0]) + _mode_result(base, "tuned", [3.0], precision="amp-bf16"))
+    rows = report.precision_ab(records)
+    assert [(r["mode"], r["precision"], r["speedup"]) for r in rows] == [
+        ("reference", "amp-bf16", pytest.approx(1.5)), ("tuned", "amp-bf16", pytest.approx(2.0))]
+
+
+def test_the_mode_ab_table_has_intervals_verdicts_switches_and_the_cold_start(tmp_path):
+    base = _fixture("pytorch-cnn-cpu")
+    # Five runs a side, three epochs each. Tuned: the first epoch pays a compilation (20 s
+    # against 4 s) and the steady epochs are twice as fast (2 s against 4 s): the total is
+    # slower, the steady state faster; both must show.
+    reference = _mode_result(base, None, [12.0, 12.1, 11.9, 12.05, 11.95], epochs=lambda t: [t / 3] * 3)
+    tuned = _mode_result(base, "tuned", [24.0, 24.1, 23.9, 24.05, 23.95],
+                         epochs=lambda t: [t - 4.0, 2.0, 2.0],
+                         switches=["torch.compile (inductor) of the training step"],
+                         not_applied={"CUDA graphs": "a GPU-only switch, on a CPU"})
+    folder = tmp_path / "r"
+    for i, rec in enumerate(reference + tuned):
+        results.write_result(rec, folder, f"{i}.json")
+    records = [results.load_result(p) for p in folder.glob("*.json")]
+    [row] = report.mode_ab(records)
+    assert row["mode"] == "tuned" and row["precision"] == "fp32" and row["variant"] == "venv"
+    assert row["speedup"] == pytest.approx(0.5, rel=0.01) and row["verdict"] == "slower"  # compare's verdict
+    assert row["speedup_low"] <= 0.5 <= row["speedup_high"] * 1.01
+    assert row["reference"] == pytest.approx(12.0) and row["metric"] == pytest.approx(24.0)
+    assert row["cold_reference"]["first"] == pytest.approx(4.0) and row["cold_reference"]["steady"] == pytest.approx(4.0)
+    assert row["cold"]["first"] == pytest.approx(20.0) and row["cold"]["steady"] == pytest.approx(2.0)
+    assert row["steady"]["speedup"] == pytest.approx(2.0, rel=0.01) and row["steady"]["verdict"] == "faster"
+    assert row["first_speedup"] == pytest.approx(0.2)
+    assert row["state"] == ("torch.compile (inductor) of the training step. Left off: CUDA graphs "
+                            "(a GPU-only switch, on a CPU)")
+    html, md, _ = _render(tmp_path, folder)
+    assert 'id="mode-ab"' in html and "Mode A/B: tuned against reference" in html
+    assert "first epoch 20.000 s, steady 2.000 s (2 epochs)" in html
+    assert "first epoch 4.000 s, steady 4.000 s (2 epochs)" in html
+    assert "torch.compile (inductor) of the training step" in html
+    assert "## Mode A/B: tuned against reference" in md
+    [line] = [x for x in md.splitlines() if x.startswith("| pytorch |") and "first epoch 20.000 s" in x]
+    assert "| fp32 | 12.00 | 24.00 | 0.500x |" in line and "| slower |" in line and "2.000x (" in line
+    assert "faster |" in line  # the steady speed-up's verdict
+    assert f"{base['device_name']} / venv / fp32 / tuned" in html  # the column of the tuned runs
+
+
+def test_one_epoch_has_no_steady_figure_and_old_results_have_no_cold_start(tmp_path):
+    base = _fixture("pytorch-cnn-cpu")
+    reference = _mode_result(base, None, [12.0])
+    for rec in reference:
+        rec.pop("cold_start")  # a result from before the cold start was recorded
+    tuned = _mode_result(base, "tuned", [10.0])  # one epoch: steady null
+    assert tuned[0]["cold_start"] == {"first_epoch_s": 10.0, "steady_epoch_s": None, "steady_epochs": 0}
+    [row] = report.mode_ab(reference + tuned)
+    assert row["steady"] is None and row["first_speedup"] is None and row["verdict"] == "not enough repeats"
+    folder = tmp_path / "r"
+    for i, rec in enumerate(reference + tuned):
+        results.write_result(rec, folder, f"{i}.json")
+    html, md, _ = _render(tmp_path, folder)
+    assert "not recorded" in html and "first epoch 10.000 s, no steady epoch (one epoch)" in html
+    assert "first epoch 10.000 s, no steady epoch (one epoch)" in md
+
+
+def test_the_resnet_cold_start_is_the_first_warm_up_batch():
+    base = _fixture("pytorch-resnet50-cpu")
+    sides = []
+    for mode, first in ((None, 0.5), ("tuned", 9.0)):
+        rec = copy.deepcopy(base)
+        rec.pop("mode", None)
+        if mode:
+            rec["mode"] = mode
+        rec["cold_start"] = {"first_batch_s": first, "steady_batch_s": 0.25}
+        sides.append(rec)
+    [row] = report.mode_ab(sides)
+    assert row["cold"]["unit"] == "batch" and row["cold"]["first"] == 9.0 and row["cold_reference"]["first"] == 0.5
+    assert row["first_speedup"] == pytest.approx(0.5 / 9.0) and row["steady"]["speedup"] == pytest.approx(1.0)
+
+
+def test_no_mode_ab_without_the_reference_beside_it_and_failures_show_the_mode(tmp_path):
+    base = _fixture("pytorch-cnn-cpu")
+    assert report.mode_ab(_mode_result(base, "tuned", [6.0])) == []
+    assert report.mode_ab(_mode_result(base, None, [6.0])) == []
+    failed = dict(_mode_result(base, "tuned", [6.0])[0], status="failed", error="ModeMismatch: tuned reports nothing")
+    folder = tmp_path / "r"
+    results.write_result(failed, folder, "f.json")
+    results.write_result(_mode_result(base, None, [6.0])[0], folder, "ok.json")
+    html, md, _ = _render(tmp_path, folder)
+    assert "No framework was run in the reference and the tuned mode" in html
+    assert "| pytorch | cnn | cpu | fp32 | tuned | failed | ModeMismatch: tuned reports nothing |" in md

@@ -81,6 +81,45 @@ def _ok_record(cell):
     return runner.fill_measurements(rec, cell.task, "synthetic", [m])
 
 
+def test_resume_never_counts_a_reference_result_as_a_tuned_one(tmp_path):
+    reference, tuned = _cell(), _cell(mode="tuned")
+    assert sweep.store(tmp_path, reference, _ok_record(reference)) == "ok"
+
+    class Args:
+        force = rerun_failed = False
+
+    todo, done = sweep.plan([reference, tuned], tmp_path, Args())
+    assert todo == [tuned] and done == [(reference, "ok")]  # the reference result counts once, for its cell
+    # A folder swept before the mode axis: its files carry no mode and the reference ids; they
+    # are the reference cells, done, and never the tuned cells.
+    old = tmp_path / "old"
+    rec = _ok_record(reference)
+    rec.pop("mode", None)
+    results.write_result(rec, old, f"{reference.id}.json")
+    assert sweep.existing(old, reference)["status"] == "ok" and sweep.existing(old, tuned) is None
+    # A tuned result copied under a reference cell's name is not that cell's result.
+    stray = tmp_path / "stray"
+    tuned_rec = dict(_ok_record(tuned), mode="tuned")
+    results.write_result(tuned_rec, stray, f"{reference.id}.json")
+    assert sweep.existing(stray, reference) is None
+    todo, _ = sweep.plan([reference], stray, Args())
+    assert todo == [reference]
+
+
+def test_a_run_that_recorded_another_mode_is_never_kept_as_the_cells_figure(tmp_path):
+    """An image built before the mode axis ignores BENCH_MODE and runs the reference: the tuned
+    cell fails and says so instead of keeping a reference figure under a tuned id."""
+    tuned = _cell(mode="tuned")
+    old_image = _ok_record(tuned)
+    old_image.pop("mode", None)  # an image from before the mode axis writes no mode: the reference
+    results.write_result(old_image, tmp_path, "r.json")
+    record = sweep.collect(tuned, "docker", tmp_path, 0, "log text")
+    assert record["status"] == "failed" and record["mode"] == "tuned"
+    assert "recorded mode 'reference', the cell asked for 'tuned'" in record["error"]
+    kept = sweep.collect(_cell(), "docker", tmp_path, 0, "log text")
+    assert kept["status"] == "ok" and kept["cell"]["id"] == _cell().id
+
+
 def test_an_ok_result_is_never_replaced_by_a_failed_one(tmp_path):
     cell = _cell()
     assert sweep.store(tmp_path, cell, _ok_record(cell)) == "ok"
@@ -154,7 +193,7 @@ def test_matrix_errors_name_the_key_and_its_line(tmp_path, change, message):
 def test_the_shipped_matrix_is_valid_and_expands():
     m = matrix.load(REPO / "matrix.yaml")
     local = m.cells("local", only_gpus=["cpu"], quick=True)
-    assert len(local) == len(m.frameworks) * len(m.doc["tasks"]) * m.doc["repeats"]
+    assert len(local) == len(m.frameworks) * len(m.doc["tasks"]) * len(m.doc["modes"]) * m.doc["repeats"]
     assert all(c.variant == "venv" and c.quick for c in local)
     docker_cells = m.cells("docker", only_frameworks=["pytorch"], only_gpus=["h100"])
     assert {c.variant for c in docker_cells} == set(m.variants("pytorch"))
@@ -172,7 +211,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
 def test_precisions_on_the_command_line_replace_the_matrixs(tmp_path):
     proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
                      "--tasks", "cnn", "--precisions", "fp32,amp-bf16,fp32", "--repeats", "1", "--dry-run",
-                     "--out", str(tmp_path / "o"))
+                     "--modes", "reference", "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr
     planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
     assert planned == ["pytorch__venv__cpu__cnn__fp32__r0__quick", "pytorch__venv__cpu__cnn__amp-bf16__r0__quick"]
@@ -182,19 +221,36 @@ def test_precisions_on_the_command_line_replace_the_matrixs(tmp_path):
 
 def test_repeats_on_the_command_line_replace_the_matrixs(tmp_path):
     proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
-                     "--tasks", "rnn", "--repeats", "4", "--dry-run", "--out", str(tmp_path / "o"))
+                     "--tasks", "rnn", "--repeats", "4", "--modes", "reference", "--dry-run", "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr
     planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
     assert planned == [f"pytorch__venv__cpu__rnn__fp32__r{i}__quick" for i in range(4)]
     proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
                      "--tasks", "rnn", "--precisions", "fp32,amp-bf16", "--repeats", "2", "--dry-run",
-                     "--out", str(tmp_path / "o2"))
+                     "--modes", "reference", "--out", str(tmp_path / "o2"))
     planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
     # repeats outermost: both sides of a precision A/B meet the same drift of the machine
     assert planned == [f"pytorch__venv__cpu__rnn__{p}__r{i}__quick" for i in range(2) for p in ("fp32", "amp-bf16")]
     for bad in ("0", "101", "two"):
         proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--repeats", bad, "--dry-run")
         assert proc.returncode == 2 and "--repeats" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_matrixs_modes_run_side_by_side_and_modes_on_the_command_line_replace_them(tmp_path):
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
+                     "--tasks", "cnn", "--repeats", "2", "--dry-run", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
+    # matrix.yaml has modes: [reference, tuned]; repeats outermost, the two modes back to back
+    assert planned == [f"pytorch__venv__cpu__cnn__fp32{m}__r{i}__quick" for i in range(2) for m in ("", "__tuned")]
+    proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--gpus", "cpu", "--quick", "--frameworks", "pytorch",
+                     "--tasks", "cnn", "--repeats", "1", "--modes", "tuned", "--dry-run", "--out", str(tmp_path / "o"))
+    planned = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  run  ")]
+    assert planned == ["pytorch__venv__cpu__cnn__fp32__tuned__r0__quick"]
+    for bad, name in (("fast", "fast"), ("reference,compiled", "compiled"), (",", None)):
+        proc = run_bench("sweep", str(REPO / "matrix.yaml"), "--modes", bad, "--dry-run")
+        assert proc.returncode == 2 and "argument --modes" in proc.stderr and "Traceback" not in proc.stderr
+        assert ("reference, tuned" in proc.stderr) and (name is None or f"unknown mode {name!r}" in proc.stderr)
 
 
 def test_cli_narrowing_errors(tmp_path):
@@ -224,6 +280,54 @@ def test_docker_executor_request(tmp_path):
     assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
     cpu_kw = executor.run_kwargs(_cell(variant="cu130"), tmp_path)
     assert "device_requests" not in cpu_kw and "--quick" in cpu_kw["command"]
+
+
+def test_each_executor_passes_the_cells_mode(tmp_path, monkeypatch):
+    pytest.importorskip("docker")
+    m = matrix.load(REPO / "matrix.yaml")
+    for mode in ("reference", "tuned"):
+        cell = _cell(variant="cu130", mode=mode)
+        # local (and slurm's venv runner): --mode on `bench run`'s command line, whatever
+        # $BENCH_MODE the sweep itself was started with
+        args = sweep.run_args(cell, "synthetic", "/o")
+        assert args[args.index("--mode") + 1] == mode and args.count("--mode") == 1
+        assert args[args.index("--precision") + 1] == "fp32"
+        # docker: BENCH_MODE in the container's environment, as compose.yml's services
+        kw = sweep.DockerExecutor(m, _Args(), client=object()).run_kwargs(cell, tmp_path)
+        assert kw["environment"]["BENCH_MODE"] == mode and "--mode" not in kw["command"]
+        assert kw["labels"] == {"bench.cell": cell.id}
+        monkeypatch.setattr(sweep.shutil, "which", lambda name: "/usr/bin/" + name)
+        slurm = sweep.SlurmExecutor(m, _Args())
+        for runner_name in ("venv", "podman", "apptainer", "pyxis"):
+            slurm.runner = runner_name
+            argv = slurm.command(cell, tmp_path / "o")
+            assert argv[argv.index("--mode") + 1] == mode, runner_name
+            assert f"--mode {mode} " in slurm.script(cell, tmp_path / "o", tmp_path / "log")
+
+
+def test_a_local_cell_runs_with_the_mode_of_the_cell(tmp_path, monkeypatch):
+    """The command the local executor starts, seen by a stand-in interpreter that records it."""
+    seen = tmp_path / "argv"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {seen}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("BENCH_MODE", "reference")  # never what a tuned cell runs with
+
+    class Args:
+        data, timeout = "synthetic", 600
+
+    m = matrix.load(_write(tmp_path, LOCAL_MATRIX.replace("frameworks:", "executors:\n  local: {python: %s}\n"
+                                                          "frameworks:" % fake)))
+    executor = sweep.LocalExecutor(m, Args())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "logs").mkdir()
+    ctx = sweep.Context(out, out / "logs")
+    record = executor.run(_cell(mode="tuned"), ctx)
+    words = seen.read_text().split()
+    assert words[words.index("--mode") + 1] == "tuned"
+    assert record["status"] == "failed" and record["mode"] == "tuned"  # it wrote no result
+    assert record["cell"]["id"] == "pytorch__venv__cpu__rnn__fp32__tuned__r0__quick"
 
 
 class _FakeContainer:

@@ -691,7 +691,8 @@ request = json.load(open(sys.argv[-1]))
 spec = request["spec"]
 state = {{"name": "fp32", "tf32": False, "compute_dtype": "float32", "param_dtype": "float32",
          "loss_scaling": "none", "loss_scaler": None, "mechanism": "fake", "read_back": [], "switches": {{}}}}
-m = {{"params": 3441592, "framework_version": "Knet 1.4.10", "conventions": {{"precision": state}},
+m = {{"params": 3441592, "framework_version": "Knet 1.4.10", "conventions": {{"precision": state,
+     "mode": {{"mode": request.get("mode", "reference"), "switches": [], "not_applied": {{}}}}}},
      "epoch_times_s": [0.2], "losses": [0.7], "device_memory": {{"peak_bytes": 12345, "counter": "c", "scope": "s"}}}}
 if os.environ.get("FAKE_JULIA_WINDOWS", "1") == "1":
     m["timed_windows"] = [[start + 0.3, start + 0.5]]

@@ -206,7 +206,69 @@ def test_the_shipped_cpu_baseline_is_valid_and_names_the_variant_venv():
 def test_validate_runs_each_framework_at_every_precision_its_bands_have():
     bands = [{"framework": "a", "precision": "amp-bf16"}, {"framework": "a", "precision": "fp32"},
              {"framework": "b", "precision": "fp32"}]
-    assert validate.plan_runs(bands) == [("a", "fp32"), ("a", "amp-bf16"), ("b", "fp32")]
-    assert validate.plan_runs(bands, ["b", "c"]) == [("b", "fp32"), ("c", "fp32")]
+    assert validate.plan_runs(bands) == [("a", "fp32", "reference"), ("a", "amp-bf16", "reference"),
+                                         ("b", "fp32", "reference")]
+    assert validate.plan_runs(bands, ["b", "c"]) == [("b", "fp32", "reference"), ("c", "fp32", "reference")]
     assert validate.plan_runs([b for b in bands if b["precision"] == "amp-bf16"], ["a", "c"], ["amp-bf16"]) == \
-        [("a", "amp-bf16"), ("c", "amp-bf16")]
+        [("a", "amp-bf16", "reference"), ("c", "amp-bf16", "reference")]
+
+
+def test_validate_runs_each_framework_in_every_mode_its_bands_have():
+    bands = [{"framework": "a", "precision": "fp32", "mode": "tuned"}, {"framework": "a", "precision": "fp32"},
+             {"framework": "a", "precision": "amp-bf16", "mode": "tuned"}, {"framework": "b", "precision": "fp32",
+                                                                            "mode": "reference"}]
+    # a band without a mode is the reference's; the precision and the mode of a run come from one band
+    assert validate.plan_runs(bands) == [("a", "fp32", "reference"), ("a", "fp32", "tuned"),
+                                         ("a", "amp-bf16", "tuned"), ("b", "fp32", "reference")]
+    assert validate.plan_runs([], ["c"], None, ["tuned"]) == [("c", "fp32", "tuned")]
+    assert [validate.run_label(*r) for r in validate.plan_runs(bands)] == ["a", "a-tuned", "a-amp-bf16-tuned", "b"]
+
+
+def _moded(framework, mode, *times):
+    rec = _run(framework, *times)
+    if mode is not None:
+        rec["mode"] = mode
+    return rec
+
+
+def test_bands_are_kept_per_mode_and_a_tuned_run_never_meets_a_reference_band():
+    runs = [_moded("f", None, 10.0), _moded("f", "reference", 10.2), _moded("f", "reference", 9.9),
+            _moded("f", "tuned", 5.0), _moded("f", "tuned", 5.1), _moded("f", "tuned", 4.9)]
+    bands = validate.make_bands(runs, floor=0.1)
+    assert sorted((b["mode"], b["n"]) for b in bands) == [("reference", 3), ("tuned", 3)]  # no mode: reference
+    by_mode = {b["mode"]: b for b in bands}
+    assert by_mode["tuned"]["median"] == pytest.approx(5.0) and by_mode["reference"]["median"] == pytest.approx(10.0)
+    assert validate.judge(_moded("f", "tuned", 5.05), bands)["verdict"] == "PASS"
+    # A tuned run as slow as the reference is a regression of the tuned mode, not a pass of the reference band.
+    slow = validate.judge(_moded("f", "tuned", 10.0), bands)
+    assert slow["verdict"] == "FAIL" and slow["body"].startswith("f tuned ")
+    assert validate.judge(_moded("f", None, 10.0), bands)["verdict"] == "PASS"
+    # A baseline made before the mode axis has reference bands only: a tuned run has no band.
+    old = [{k: v for k, v in by_mode["reference"].items() if k != "mode"}]
+    assert validate.find_band(old, _moded("f", "reference", 10.0)) is old[0]
+    assert validate.find_band(old, _moded("f", None, 10.0)) is old[0]
+    no_band = validate.judge(_moded("f", "tuned", 5.0), old)
+    assert no_band["verdict"] == "NO BAND" and "'tuned'" in no_band["body"]
+
+
+def test_a_baseline_with_mode_bands_is_valid_and_a_bad_mode_is_refused(tmp_path):
+    bands = validate.make_bands([_moded("f", "tuned", 5.0), _moded("f", None, 10.0)], floor=0.1)
+    doc = {"format": validate.BASELINE_FORMAT, "bands": bands}
+    assert validate.baseline_errors(doc) == []
+    doc["bands"][0] = dict(doc["bands"][0], mode="fast")
+    [error] = validate.baseline_errors(doc)
+    assert error.startswith("band 0 (f/rnn): mode: 'fast' is not one of ['reference', 'tuned']"), error
+
+
+def test_validate_modes_chooses_the_bands_and_a_mode_without_band_is_no_band(tmp_path):
+    bands = validate.make_bands([_moded("f", None, 10.0)], floor=0.1)
+    bands[0]["device_name"] = validate.envinfo.capture()["cpu"]
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"format": validate.BASELINE_FORMAT, "bands": bands}))
+    if validate.this_device() != "cpu":
+        pytest.skip("the band is made for this machine's CPU")
+    proc = run_bench("validate", "--baseline", str(path), "--quick", "--modes", "tuned", "--skip-probe")
+    assert proc.returncode == validate.EXIT_NO_BAND, proc.stdout + proc.stderr
+    assert "in mode tuned (a band without a mode is the reference's)" in proc.stderr
+    proc = run_bench("validate", "--baseline", str(path), "--modes", "fast")
+    assert proc.returncode == 2 and "unknown mode 'fast'" in proc.stderr and "Traceback" not in proc.stderr

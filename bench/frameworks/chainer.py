@@ -31,6 +31,29 @@ Precision (bench/precisions.py) through Chainer's own mechanism, set in init_dev
     ResNet-50 (no optimizer) keeps float32 weights and computes with a mixed16 copy of them.
   - amp-bf16: not possible: NumPy and CuPy have no bfloat16 dtype, so neither has Chainer.
   So on a CPU Chainer runs fp32 only; the other three precisions are skipped with the reason.
+
+Mode (bench/modes.py), set in init_device, from Chainer's "Performance Best Practices"
+(docs.chainer.org/en/stable/performance.html); conventions()["mode"] names each switch and each
+documented one left off, with why:
+  - tuned: chainer.config.type_check = False around the model's calls ("Fine-Tune
+    Configuration": skip the input checks of every function, for well-tested code; the fidelity
+    suite and the equivalence check are that test), for every task on a GPU and for the RNN on
+    this CPU (TYPE_CHECK_OFF: the CNN measured slower here, ResNet-50 not measured). The
+    reference keeps it as imported (on).
+  - tuned on a GPU: chainer.backends.cuda.set_max_workspace_size(1 GiB) ("Workspace Size": a larger
+    limit lets the autotuner, on in the reference, choose faster algorithms); not measured on a GPU.
+  - left off: iDeep (chainer.config.use_ideep, the CPU acceleration): ideep4py has no wheel for
+    this Python; cudnn_fast_batch_normalization: no batch norm in the CNN or the RNN, and ResNet-50
+    runs inference, where Chainer does not use it; the other GPU-only switches on a CPU.
+  Measured on this CPU, 2026-12-01 (one process, modes alternating, fresh models, one batch an
+  epoch, 2 epochs, the steady epoch; 3 rounds, medians): RNN tuned/reference 0.89x (35.1 s against
+  39.3 s a batch; paired 0.37x, 0.92x, 0.89x), CNN 1.36x (25.0 s against 18.4 s; paired 1.96x,
+  1.36x, 1.03x). The shared 2-core machine ran at a load of 15-20: the tasks' times moved far more
+  than the switch can. What it saves, timed alone: about 60 of 490 us per function call (F.relu
+  on a 2x3 array, type_check on against off), under 1 % of an RNN batch here (a few thousand
+  calls) and less for the CNN and ResNet-50. It cannot add work (the check is skipped); its
+  reason, Python overhead per call, weighs more on a GPU, where kernels are short; not measured
+  on a GPU.
 """
 from __future__ import annotations
 
@@ -43,7 +66,7 @@ import chainer.links as L
 import numpy as np
 from chainer import optimizers
 
-from bench import precisions
+from bench import modes, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
@@ -52,8 +75,15 @@ NAME = "chainer"
 # sets it before this file is imported); a later change is not assumed to reach them.
 _TF32_OVERRIDE_AT_IMPORT = os.environ.get(precisions.TF32_OVERRIDE_VARIABLE)
 CUPY_TF32 = "CUPY_TF32"  # CuPy: 1 lets cuBLAS use TF32 for float32 matmuls (GPU 8.0+)
-# One process runs one precision: what init_device set, for build_*, training and numerics.
-_run = {"precision": precisions.DEFAULT, "mixed16": False, "capability": None}
+# What init_device set last (precision and mode), for build_*, training and numerics.
+_run = {"precision": precisions.DEFAULT, "mixed16": False, "capability": None, "mode": modes.DEFAULT}
+_TYPE_CHECK_AT_IMPORT = chainer.global_config.type_check  # CHAINER_TYPE_CHECK, default on
+# tuned: the tasks whose functions run with chainer.config.type_check False, by device (measured
+# on this CPU: the module docstring; the CNN measured slower, ResNet-50 not measured)
+TYPE_CHECK_OFF = {"cpu": ("rnn",), "gpu": ("cnn", "rnn", "resnet50")}
+# tuned on a GPU: cuDNN's workspace limit (Chainer's default 8 MiB) raised so that the
+# autotuner may pick the faster, memory-hungry convolution algorithms (Performance Best Practices)
+TUNED_WORKSPACE_BYTES = 1 << 30
 
 
 @dataclass
@@ -63,6 +93,7 @@ class Model:
     device: chainer.backend.Device
     frozen: tuple = ()  # parameter names that feature extraction does not train or use
     compute: chainer.Chain | None = None  # amp-fp16 ResNet-50: the mixed16 copy that computes
+    type_check: bool = True  # tuned: False, the functions' input checks skipped
 
 
 # ---------------------------------------------------------------- 1. framework and device
@@ -73,7 +104,8 @@ def _capability() -> tuple:
     return int(digits[:-1]), int(digits[-1])
 
 
-def init_device(device: str, precision: str) -> chainer.backend.Device:
+def init_device(device: str, precision: str, mode: str = modes.DEFAULT) -> chainer.backend.Device:
+    modes.check_name(mode)
     if device == "gpu" and not chainer.backends.cuda.available:
         raise DeviceUnavailable(
             f"no GPU found: CuPy is missing or sees no CUDA device (chainer {chainer.__version__}; "
@@ -99,11 +131,14 @@ def init_device(device: str, precision: str) -> chainer.backend.Device:
         dev.use()
         chainer.config.autotune = True  # cuDNN autotune, as TASKS.md asks
         chainer.config.use_cudnn = "always"
+        _run.setdefault("reference_workspace", chainer.backends.cuda.get_max_workspace_size())
+        chainer.backends.cuda.set_max_workspace_size(
+            TUNED_WORKSPACE_BYTES if mode == "tuned" else _run["reference_workspace"])
     else:
         dev = chainer.get_device("@numpy")
     if precision == "amp-fp16":
         chainer.global_config.dtype = chainer.mixed16  # before any link is built
-    _run.update(precision=precision, mixed16=precision == "amp-fp16", capability=capability)
+    _run.update(precision=precision, mixed16=precision == "amp-fp16", capability=capability, mode=mode)
     return dev
 
 
@@ -141,18 +176,70 @@ def count_params(model: Model) -> int:
                if not any(name.startswith(f) for f in model.frozen))
 
 
+def _type_check(task: str, dev: chainer.backend.Device) -> bool:
+    """chainer.config.type_check for this task's functions: off where tuned turns it off."""
+    off = _run["mode"] == "tuned" and task in TYPE_CHECK_OFF["cpu" if dev.xp is np else "gpu"]
+    return bool(_TYPE_CHECK_AT_IMPORT) and not off
+
+
+def _checks(model: Model):
+    return chainer.using_config("type_check", model.type_check)
+
+
+def _mode_state(task: str, on_gpu: bool) -> dict:
+    """What tuned turns on beyond the reference, and the documented switches it leaves off, why."""
+    if _run["mode"] != "tuned":
+        return modes.state(_run["mode"])
+    switches, off = [], {}
+    if task in TYPE_CHECK_OFF["gpu" if on_gpu else "cpu"]:
+        switches.append("chainer.config.type_check = False: Chainer skips its type checks of every "
+                        "function's inputs (Performance Best Practices, Fine-Tune Configuration)")
+    elif task == "cnn":
+        off["chainer.config.type_check"] = (
+            "False measured slower on this CPU (2026-12-01): steady epoch 1.36x the reference "
+            "(median of 3; a load of 15-20 on 2 cores, far noisier than the switch); kept on a GPU")
+    else:
+        off["chainer.config.type_check"] = (
+            "False not measured on this CPU (a ResNet-50 batch took about 6 minutes here under load); "
+            "kept on a GPU")
+    off["chainer.static_graph"] = ("static subgraph optimization: documented as experimental and not "
+                                   "among the Performance Best Practices; not tried")
+    if task == "resnet50":
+        off["chainer.config.cudnn_fast_batch_normalization"] = (
+            "used only in training (batch_normalization.py: not inference); the task is inference")
+    else:
+        off["chainer.config.cudnn_fast_batch_normalization"] = "no batch normalization in the model"
+    if on_gpu:
+        switches.append(f"chainer.backends.cuda.set_max_workspace_size({TUNED_WORKSPACE_BYTES}) "
+                        "(1 GiB; Chainer's default 8 MiB): the autotuner may pick convolution "
+                        "algorithms that need more workspace (Performance Best Practices, Workspace "
+                        "Size); not measured on a GPU")
+        off["chainer.config.use_ideep"] = "iDeep: CPU only"
+    else:
+        off["chainer.config.use_ideep"] = (
+            "iDeep: ideep4py's last release (2.0.0.post3, 2019) has wheels for CPython up to 3.7 and "
+            "no source distribution; this environment is Python 3.11")
+        off["chainer.backends.cuda.set_max_workspace_size"] = "cuDNN workspace: GPU only"
+        off["chainer.config.autotune"] = "cuDNN autotune: GPU only (the reference sets it on a GPU)"
+        off["MKL-linked NumPy"] = ("the environment's NumPy, not the framework file's code: this NumPy "
+                                   "links OpenBLAS")
+    return modes.state("tuned", switches=switches, not_applied=off)
+
+
 def conventions(task: str, dev: chainer.backend.Device) -> dict:
     on_gpu = dev.xp is not np
     fast = ["cuDNN autotune"] if on_gpu else []
+    mode = _mode_state(task, on_gpu)
     if task == "cnn":
-        return {"layout": "NCHW", "init": "GlorotUniform weights, zero biases", "fast_path": fast}
+        return {"layout": "NCHW", "init": "GlorotUniform weights, zero biases", "fast_path": fast,
+                "mode": mode}
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (NStepGRU, cuDNN layout)", "gru_biases": 600,
                 "gru_kernel": "cuDNN" if on_gpu else "NStepGRU on NumPy",
                 # optimizers/adam.py: alpha_t carries the bias corrections, eps is added to sqrt(v)
                 "adam_epsilon": "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
                 "adam_embedding_v": "square of the row's gradient (dense)",
-                "fast_path": fast}
+                "fast_path": fast, "mode": mode}
     return {"resnet_conv_bias": False, "weights": "random (HeNormal)",
             "source": "chainer.links.ResNet50Layers(pretrained_model=None), features at pool5; "
                       "fc6 unused and conv1's bias held at zero",
@@ -160,7 +247,7 @@ def conventions(task: str, dev: chainer.backend.Device) -> dict:
             # conv1 (1x1); BatchNormalization(eps=2e-5); pool1 max_pooling_2d(ksize=3, stride=2)
             # (pad 0, cover_all=True)
             "resnet_stride": "1x1 (original paper, v1)", "bn_epsilon": 2e-5,
-            "pool1": "max 3x3, stride 2, padding 0, cover_all", "fast_path": fast}
+            "pool1": "max 3x3, stride 2, padding 0, cover_all", "fast_path": fast, "mode": mode}
 
 
 def _one(dtypes) -> str:
@@ -369,7 +456,7 @@ def build_cnn(spec, dev: chainer.backend.Device) -> Model:
     net = CNN(spec)
     net.to_device(dev)
     optimizer = _optimizer(optimizers.MomentumSGD(lr=spec.lr, momentum=spec.momentum), net)
-    return Model(net, optimizer, dev)
+    return Model(net, optimizer, dev, type_check=_type_check("cnn", dev))
 
 
 def _cnn_params(net: CNN) -> dict:
@@ -410,13 +497,14 @@ def _train_epoch(model: Model, batches) -> float:
             return loss
 
         # cleargrads, backward (with the optimizer's loss scale, if any), update: Chainer's own step
-        model.optimizer.update(lossfun)
+        with _checks(model):
+            model.optimizer.update(lossfun)
         total = total + losses[0]  # a device array: no sync per step
     return float(total) / len(batches)
 
 
 def _predict(model: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
+    with chainer.using_config("train", False), chainer.no_backprop_mode(), _checks(model):
         logits = [chainer.backends.cuda.to_cpu(_float32(model.net(model.device.send(xb))).array)
                   for xb in batches_of(x, batch_size)]
     return np.concatenate(logits)
@@ -443,7 +531,7 @@ def build_rnn(spec, dev: chainer.backend.Device) -> Model:
     net.to_device(dev)
     optimizer = _optimizer(optimizers.Adam(alpha=spec.lr, beta1=spec.beta1, beta2=spec.beta2,
                                            eps=spec.epsilon), net)
-    return Model(net, optimizer, dev)
+    return Model(net, optimizer, dev, type_check=_type_check("rnn", dev))
 
 
 def _rnn_weights(net: GRUClassifier) -> dict:
@@ -495,7 +583,8 @@ def build_resnet50(spec, dev: chainer.backend.Device) -> Model:
         compute.copyparams(net)
         compute.to_device(dev)
     net.to_device(dev)
-    return Model(net, None, dev, frozen=("/fc6/", "/conv1/b"), compute=compute)
+    return Model(net, None, dev, frozen=("/fc6/", "/conv1/b"), compute=compute,
+                 type_check=_type_check("resnet50", dev))
 
 
 def _resnet50_layers(net: L.ResNet50Layers) -> list:
@@ -557,7 +646,7 @@ _WEIGHTS = {"cnn": (_cnn_weights, _set_cnn_weights), "rnn": (_rnn_weights, _set_
 
 def extract_features(model: Model, x: np.ndarray) -> np.ndarray:
     net = model.compute or model.net
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
+    with chainer.using_config("train", False), chainer.no_backprop_mode(), _checks(model):
         features = net.forward(model.device.send(x.astype(net.conv1.W.dtype, copy=False)),
                                layers=["pool5"])["pool5"]
         features = _float32(features)  # float32 whatever the compute dtype

@@ -19,6 +19,15 @@ Precision (bench/precisions.py): CNTK 2.7 runs fp32 alone, and says why for the 
   (Learner.cpp), but adam, the RNN's optimizer, has no float16 path (microsoft/CNTK#2941).
   A hand-written scaler would not be CNTK's mechanism.
 - amp-bf16: skipped: CNTK has no bfloat16 data type (Float, Double and Float16 only).
+
+Mode (bench/modes.py): tuned switches nothing on and runs the reference code, on every task and
+device; conventions["mode"] lists each fast path CNTK 2.7 documents and why it is not a switch
+here (NOT_APPLIED). Its cuDNN engine already autotunes every convolution (cudnnFind* at the first
+minibatch of each shape) and, with Convolution's max_temp_mem_size_in_samples=0 (the default),
+limits no workspace (Source/Math/CuDnnConvolutionEngine.cu, FindBestForwardAlgo); the network is
+already a static graph CNTK compiles itself; optimized_rnnstack (the cuDNN GRU) is the reference's
+GPU path and has no CPU kernel; half precision is the precision axis, not the mode. Nothing
+measured: CNTK does not run here.
 """
 import os
 
@@ -26,7 +35,7 @@ import cntk as C
 import numpy as np
 from cntk.logging import graph as cntk_graph
 
-from bench import precisions
+from bench import modes, precisions
 from bench.data import to_one_hot
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
@@ -34,7 +43,20 @@ from bench.runner import batches_of
 NAME = "cntk"
 # cntk-gpu 2.7's build: CUDA 10.0 and cuDNN 7 (CNTK does not report them itself)
 CUDA_BUILD, CUDNN_BUILD = "10.0", "7"
-_run = {"precision": precisions.DEFAULT}  # one process runs one precision
+_run = {"precision": precisions.DEFAULT, "mode": modes.DEFAULT}  # what init_device set last
+# Mode "tuned": CNTK's documented fast paths and why none is a switch beyond the reference.
+NOT_APPLIED = {
+    "cuDNN autotune and workspace": "always on in CNTK: its cuDNN convolution engine runs "
+                                    "cudnnFind* for each new shape and, with C.layers.Convolution2D's "
+                                    "max_temp_mem_size_in_samples=0 (the default), limits no workspace "
+                                    "(Source/Math/CuDnnConvolutionEngine.cu)",
+    "graph compilation": "a CNTK network is a static graph that CNTK compiles itself in the reference "
+                         "too; there is nothing further to switch on",
+    "C.optimized_rnnstack (cuDNN GRU)": "the reference's GPU path already; CNTK has no CPU kernel for "
+                                        "it, so the CPU runs C.layers.GRU",
+    "C.default_options(dtype=np.float16)": "half precision is the precision axis (--precision), "
+                                           "not a mode switch",
+}
 
 
 class Model(object):
@@ -78,7 +100,7 @@ def _no_path(precision, device):
     return None
 
 
-def init_device(device, precision):
+def init_device(device, precision, mode=modes.DEFAULT):
     if device == "gpu":
         gpus = [d for d in C.device.all_devices() if d.type() == C.device.DeviceKind.GPU]
         if not gpus:
@@ -93,10 +115,11 @@ def init_device(device, precision):
     else:
         C.device.try_set_default_device(C.device.cpu())
         capability = None
+    modes.check_name(mode)
     reason = precisions.skip_reason(precision, device, capability, NAME) or _no_path(precision, device)
     if reason:
         raise UnsupportedPrecision(reason)
-    _run["precision"] = precision
+    _run.update(precision=precision, mode=mode)
     return device
 
 
@@ -135,18 +158,28 @@ def count_params(model):
     return int(sum(np.prod(p.shape) for p in model.z.parameters))
 
 
+def _mode_state():
+    if _run["mode"] != "tuned":
+        return modes.state(_run["mode"])
+    return modes.state("tuned", switches=[], not_applied=NOT_APPLIED)
+
+
 def conventions(task, dev):
+    mode = _mode_state()
     if task == "cnn":
         return {"layout": "NCHW", "init": "glorot_uniform weights, zero biases",
-                "fast_path": ["momentum_sgd unit_gain=False (classic momentum)"]}
+                "fast_path": ["momentum_sgd unit_gain=False (classic momentum)"], "mode": mode}
     if task == "rnn":
         if dev == "gpu":
             return {"gru_bias": "two vectors per gate (optimized_rnnstack, cuDNN layout)",
-                    "gru_biases": 600, "gru_kernel": "cuDNN (optimized_rnnstack)", "fast_path": []}
+                    "gru_biases": 600, "gru_kernel": "cuDNN (optimized_rnnstack)", "fast_path": [],
+                    "mode": mode}
         return {"gru_bias": "one vector per gate (C.layers.GRU, optimized_rnnstack is GPU only)",
-                "gru_biases": 300, "gru_kernel": "C.layers.Recurrence(GRU) on the CPU", "fast_path": []}
+                "gru_biases": 300, "gru_kernel": "C.layers.Recurrence(GRU) on the CPU", "fast_path": [],
+                "mode": mode}
     return {"resnet_conv_bias": False, "weights": "random (he_normal)",
-            "source": "ResNet-50 written with CNTK layers (torchvision layout)", "fast_path": []}
+            "source": "ResNet-50 written with CNTK layers (torchvision layout)", "fast_path": [],
+            "mode": mode}
 
 
 def _dtype_name(dtype):

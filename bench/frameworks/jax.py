@@ -18,6 +18,18 @@ Precision (bench/precisions.py): every module computes in the compute dtype of t
 master weights); logits are cast to float32 before the loss. TF32 is JAX's
 jax_default_matmul_precision ('highest' forbids it, 'tensorfloat32' allows it). amp-fp16 scales
 the loss dynamically with the scaler written below (JAX, Flax and Optax have none of their own).
+
+Mode (bench/modes.py): the reference already jits the train step and the prediction and donates
+the parameters' and optimizer state's buffers on a GPU; Flax's layout is NHWC already. Tuned adds,
+on the CPU, buffer donation (JAX FAQ, "Buffer donation"; this CPU backend can donate) for the CNN,
+where it measured faster (x0.96 CPU time per steady epoch, one round); on a GPU nothing beyond.
+Left off, with the reasons in conventions()["mode"]["not_applied"]: donation for the GRU on the CPU
+(measured x1.11 slower), lax.scan(unroll=10) for the GRU (jax.lax.scan docs; x1.12 slower here, no
+GPU reason given, not measured on a GPU: no GPU is lent to this project), the GPU XLA flags of
+JAX's "GPU performance tips" (docs.jax.dev/en/latest/gpu_performance_tips.html), a cuDNN GRU
+(jax.experimental.rnn has an LSTM only), the persistent compilation cache (it would hide the
+compile time the harness measures). Measured 2026-12-01, quick sizes, one process alternating
+modes with fresh models, on 2 shared CPU cores under heavy load (process CPU time compared).
 """
 from __future__ import annotations
 
@@ -32,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench import canonical, precisions
+from bench import canonical, modes, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
@@ -41,6 +53,8 @@ NAME = "jax"
 # What init_device set; one process runs one precision. build_* read it.
 _PRECISION = {"name": precisions.DEFAULT, "dtype": jnp.float32, "loss_scaling": False}
 _SEED = 0  # set_seed: the PRNG keys of build_* (initial weights, dropout) derive from it
+_MODE = {"name": modes.DEFAULT}  # init_device's mode; build_* and conventions read it
+GRU_UNROLL = 10  # the lax.scan(unroll=...) measured for tuned mode and left off (module docstring)
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 MATMUL_PRECISION = {"tf32": "tensorfloat32"}  # every other precision: "highest" (no TF32)
@@ -60,7 +74,8 @@ LOSS_SCALER = "bench.frameworks.jax dynamic loss scale (jmp.DynamicLossScale rul
 class Model:
     """A Flax module with its variables, optimizer state and jitted functions."""
 
-    def __init__(self, module, variables, dev, tx=None, seed: int = 0, example=None):
+    def __init__(self, module, variables, dev, tx=None, seed: int = 0, example=None, mode=modes.DEFAULT,
+                 task: str = ""):
         self.module, self.dev, self.tx, self.example = module, dev, tx, example
         self.params = jax.device_put(variables["params"], dev)
         self.batch_stats = jax.device_put(variables.get("batch_stats"), dev)
@@ -69,15 +84,20 @@ class Model:
         self.loss_scale = (jax.device_put(_initial_loss_scale(), dev)
                            if training and _PRECISION["loss_scaling"] else None)
         self.key = jax.random.PRNGKey(seed)
-        self.step = _make_train_step(module, tx, dev, self.loss_scale is not None) if training else None
+        tuned = _tuned_switches(dev.platform, task) if mode == "tuned" else {}
+        # The reference donates on a GPU only (it was written when the CPU backend could not).
+        donate = dev.platform == "gpu" or bool(tuned.get("donate"))
+        self.step = (_make_train_step(module, tx, dev, self.loss_scale is not None, donate)
+                     if training else None)
         # Outputs (logits, features) in float32 whatever the compute dtype.
         self.apply = jax.jit(lambda variables, x: module.apply(variables, x, train=False).astype(jnp.float32))
 
 
 # ---------------------------------------------------------------- 1. framework and device
 
-def init_device(device: str, precision: str):
+def init_device(device: str, precision: str, mode: str = modes.DEFAULT):
     global _PRECISION
+    modes.check_name(mode)
     capability = None
     if device == "gpu":
         try:
@@ -100,6 +120,7 @@ def init_device(device: str, precision: str):
     jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION.get(precision, "highest"))
     _PRECISION = {"name": precision, "dtype": COMPUTE_DTYPES[precisions.COMPUTE_DTYPE[precision]],
                   "loss_scaling": precisions.LOSS_SCALING[precision] == "dynamic"}
+    _MODE["name"] = mode
     return dev
 
 
@@ -152,21 +173,76 @@ def count_params(model: Model) -> int:
 
 def conventions(task: str, dev) -> dict:
     fast = ["jax.jit train step and prediction"]
+    mode = _mode_state(task, dev)
     if task == "cnn":
-        return {"layout": "NHWC", "init": "glorot_uniform kernels, zero biases", "fast_path": fast}
+        return {"layout": "NHWC", "init": "glorot_uniform kernels, zero biases", "fast_path": fast,
+                "mode": mode}
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (input and hidden, cuDNN layout), GRU written "
                             "with lax.scan (Flax's GRUCell has a third layout)",
                 "gru_biases": 600, "gru_kernel": "XLA (lax.scan)",
                 "adam_epsilon": "sqrt(v_hat) + eps (Kingma & Ba Algorithm 1)",  # optax.scale_by_adam
                 "adam_embedding_v": "square of the row's gradient (dense)",
-                "fast_path": fast}
+                "fast_path": fast, "mode": mode}
     return {"resnet_conv_bias": False, "weights": "random", "layout": "NHWC",
             "source": "ResNet-50 written in Flax (torchvision layout, stride on the 3x3 conv)",
             # Bottleneck below: the stride-2 of a stage's first block is on its 3x3 conv (and the
             # projection shortcut), as torchvision's; every nn.BatchNorm has epsilon=1e-5.
             "resnet_stride": "3x3 (torchvision, v1.5)", "bn_epsilon": 1e-5,
-            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast}
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast, "mode": mode}
+
+
+# Tuned mode: which switch on which task and platform (module docstring, "Mode"). The CPU
+# figures are steady-epoch process CPU time, tuned / reference, quick sizes, 2026-12-01.
+_TUNED_OFF: set = set()  # switches the scratch measurements turn off
+
+
+def _tuned_switches(platform: str, task: str) -> dict:
+    on = {"donate": platform == "cpu" and task == "cnn"}
+    return {k: v and k not in _TUNED_OFF for k, v in on.items()}
+
+
+_NOT_APPLIED = {
+    "donate": ("jax.jit(donate_argnums=(params, opt_state)) on the CPU: measured slower here "
+               "(x1.11 CPU time per steady epoch, 2026-12-01); the reference donates on a GPU already"),
+    "gru_unroll": (f"jax.lax.scan(unroll={GRU_UNROLL}) of the GRU: measured slower on this CPU (x1.12 CPU "
+                   "time per steady epoch, first-epoch compile twice as long, 2026-12-01); lax.scan's "
+                   "documentation gives no GPU reason for it, not measured on a GPU"),
+    "triton_gemm": ("XLA_FLAGS=--xla_gpu_triton_gemm_any=True (JAX's GPU performance tips): a GPU flag, "
+                    "read once when XLA's backend starts, before init_device sees the mode; its GEMMs under "
+                    "jax_default_matmul_precision='highest' are not checked here (no GPU lent)"),
+    "latency_hiding": ("--xla_gpu_enable_latency_hiding_scheduler (JAX's GPU performance tips): overlaps "
+                       "collectives with compute; one device has none"),
+    "cudnn_rnn": "a cuDNN GRU: JAX's only cuDNN RNN (jax.experimental.rnn) is an LSTM",
+    "resnet_donate": ("buffer donation: inference reuses the weights every batch, and no output has the "
+                      "input batch's shape"),
+    "cache": ("jax_compilation_cache_dir (persistent compilation cache): it hides compile time across "
+              "processes, which the harness measures apart (cold_start)"),
+}
+
+
+def _mode_state(task: str, dev) -> dict:
+    """conventions()["mode"]: the switches tuned turns on beyond the reference, and those left off."""
+    if _MODE["name"] != "tuned":
+        return modes.state(_MODE["name"])
+    cpu = dev.platform == "cpu"
+    on = _tuned_switches(dev.platform, task)
+    switches, off = [], {}
+    if task == "cnn" and on["donate"]:
+        switches.append("jax.jit(donate_argnums=(params, opt_state)) on the CPU too: XLA writes the new "
+                        "parameters and optimizer state into the old ones' buffers (the reference donates "
+                        "on a GPU only)")
+    if task == "rnn":
+        if cpu:
+            off["buffer donation on the CPU"] = _NOT_APPLIED["donate"]
+        off["lax.scan unroll"] = _NOT_APPLIED["gru_unroll"]
+        off["cuDNN GRU"] = _NOT_APPLIED["cudnn_rnn"]
+    if task == "resnet50":
+        off["buffer donation"] = _NOT_APPLIED["resnet_donate"]
+    off["--xla_gpu_triton_gemm_any"] = _NOT_APPLIED["triton_gemm"]
+    off["--xla_gpu_enable_latency_hiding_scheduler"] = _NOT_APPLIED["latency_hiding"]
+    off["persistent compilation cache"] = _NOT_APPLIED["cache"]
+    return modes.state("tuned", switches=switches, not_applied=off)
 
 
 def numerics(task: str, model: Model, dev) -> dict:
@@ -286,20 +362,18 @@ def _next_loss_scale(state: dict, finite) -> dict:
     return {"scale": jnp.clip(scale, LOSS_SCALE_MIN, LOSS_SCALE_MAX), "good_steps": good_steps}
 
 
-def _make_train_step(module, tx, dev, loss_scaling: bool):
-    donate = (0, 1) if dev.platform == "gpu" else ()  # the CPU backend cannot donate buffers
+def _make_train_step(module, tx, dev, loss_scaling: bool, donate: bool):
+    donate_argnums = (0, 1) if donate else ()  # params, opt_state: their buffers hold the new ones
 
     def loss_fn(params, x, y, key):
         logits = module.apply({"params": params}, x, train=True, rngs={"dropout": key})
         return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
 
-    @partial(jax.jit, donate_argnums=donate)
     def step(params, opt_state, x, y, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    @partial(jax.jit, donate_argnums=donate)
     def scaled_step(params, opt_state, loss_scale, x, y, key):
         scale = loss_scale["scale"]
 
@@ -320,7 +394,7 @@ def _make_train_step(module, tx, dev, loss_scaling: bool):
         opt_state = jax.tree_util.tree_map(keep, new_opt_state, opt_state)
         return params, opt_state, _next_loss_scale(loss_scale, finite), loss
 
-    return scaled_step if loss_scaling else step
+    return jax.jit(scaled_step if loss_scaling else step, donate_argnums=donate_argnums)
 
 
 # ---------------------------------------------------------------- 2. CNN
@@ -377,7 +451,8 @@ def build_cnn(spec, dev) -> Model:
     channels, height, width = spec.image_shape
     example = jnp.zeros((1, height, width, channels))
     variables = module.init(jax.random.PRNGKey(_SEED), example)
-    return Model(module, variables, dev, optax.sgd(spec.lr, momentum=spec.momentum), _SEED, example)
+    return Model(module, variables, dev, optax.sgd(spec.lr, momentum=spec.momentum), _SEED, example,
+                 _MODE["name"], "cnn")
 
 
 def train_cnn_epoch(model: Model, batches, spec) -> float:
@@ -473,7 +548,7 @@ def build_rnn(spec, dev) -> Model:
     example = jnp.zeros((1, spec.seq_len), jnp.int32)
     variables = module.init(jax.random.PRNGKey(_SEED), example)
     tx = optax.adam(spec.lr, b1=spec.beta1, b2=spec.beta2, eps=spec.epsilon)
-    return Model(module, variables, dev, tx, _SEED, example)
+    return Model(module, variables, dev, tx, _SEED, example, _MODE["name"], "rnn")
 
 
 def train_rnn_epoch(model: Model, batches, spec) -> float:
@@ -553,7 +628,7 @@ def build_resnet50(spec, dev) -> Model:
     channels, height, width = spec.image_shape
     example = jnp.zeros((1, height, width, channels))
     variables = module.init(jax.random.PRNGKey(_SEED), example)
-    return Model(module, variables, dev, seed=_SEED, example=example)
+    return Model(module, variables, dev, seed=_SEED, example=example, mode=_MODE["name"], task="resnet50")
 
 
 def extract_features(model: Model, x: np.ndarray) -> np.ndarray:

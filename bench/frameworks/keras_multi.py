@@ -19,6 +19,31 @@ unscaled loss). TF32 is the backend's business, each through its own switch, on 
 tf.config.experimental.enable_tensor_float_32_execution (tensorflow), torch.backends' fp32
 precision of cuBLAS matmuls and cuDNN convolutions and RNNs (torch), the XLA default precision
 of dots and convolutions, jax_default_matmul_precision (jax).
+
+Mode (bench/modes.py, init_device's mode): reference compiles with Keras's default
+jit_compile="auto"; tuned adds what Model.compile's documentation
+(https://keras.io/api/models/model_training_apis/#compile-method) offers beyond it, per backend:
+  - jit_compile=True. JAX: "auto" is XLA (jax.jit) already on every device: nothing to add.
+    TensorFlow: "auto" is XLA where TensorFlow lists a GPU and off on a CPU-only machine
+    (keras/src/trainers/trainer.py, _resolve_auto_jit_compile); on the CPU XLA was measured slower
+    for the CNN and ResNet-50 and no faster for the GRU (JIT_CPU_LEFT_OFF), and tuned leaves it off.
+    torch: "auto" is eager and True is torch.compile with the inductor backend, for fit()'s train
+    step and predict() (ResNet-50: predict_on_batch, through the jit_compile attribute compile()
+    sets). On a GPU tuned turns it on for the CNN and ResNet-50 (torch.compile's documented gains,
+    fused kernels and less Python overhead per step, https://pytorch.org/docs/stable/torch.compiler.html,
+    are a GPU's), not for the GRU: under torch.compile Keras's torch GRU leaves cuDNN for its
+    Python-loop fallback (keras/src/backend/torch/rnn.py, gru()). On the CPU it is off:
+    the CNN's steady epochs were 1.3x slower (first epochs 23x, inductor's C++ compile), and the
+    GRU's and ResNet-50's compiles did not finish in the time measured (JIT_CPU_LEFT_OFF). TUNED_JIT
+    holds the choice per backend, device and task.
+  - steps_per_execution > 1, documented for TPUs and small models with a large Python overhead
+    (not supported on torch): left off. Keras reads that many batches per execution whatever is
+    left of the epoch (keras/src/trainers/epoch_iterator.py), so unless it divides the epoch's
+    batch count an execution takes the next epoch's first batches: the harness's per-epoch clock
+    and batch order (runner.Epochs) would break.
+Measured on this project's shared 2-core CPU on 2026-12-01 (one process, reference and tuned
+alternating, fresh models, medians; 5-batch epochs and quick ResNet-50, under other work's load);
+nothing here was measured on a GPU (none is lent to this project).
 """
 from __future__ import annotations
 
@@ -27,14 +52,21 @@ import os
 import numpy as np
 
 import keras
-from bench import canonical, precisions
+from bench import canonical, modes, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 
 BACKEND = keras.backend.backend()
 NAME = f"keras-{BACKEND}"
 POLICY = {"fp32": "float32", "tf32": "float32", "amp-fp16": "mixed_float16", "amp-bf16": "mixed_bfloat16"}
 OUTPUT = "logits"  # the output Dense: float32 in every precision
-_run = {"precision": precisions.DEFAULT}  # one process runs one precision
+_run = {"precision": precisions.DEFAULT, "mode": modes.DEFAULT}  # set by init_device
+# The tuned mode's jit_compile=True per backend, device and task where the reference's "auto" does
+# not compile already (the "Mode" paragraph of the docstring says what was measured).
+TUNED_JIT = {
+    "torch": {"cpu": {"cnn": False, "rnn": False, "resnet50": False},
+              "gpu": {"cnn": True, "rnn": False, "resnet50": True}},
+    "tensorflow": {"cpu": {"cnn": False, "rnn": False, "resnet50": False}},
+}
 _device_scope = None  # keras.device(...) entered for the whole run
 
 
@@ -152,8 +184,9 @@ def _tf32_on(switches: dict) -> dict:
     return on
 
 
-def init_device(device: str, precision: str) -> str:
+def init_device(device: str, precision: str, mode: str = modes.DEFAULT) -> str:
     global _device_scope
+    modes.check_name(mode)
     if device == "gpu" and _backend_gpus() == 0:
         raise DeviceUnavailable(
             f"no GPU found: Keras {keras.__version__}'s {BACKEND} backend sees no GPU; check the "
@@ -170,7 +203,7 @@ def init_device(device: str, precision: str) -> str:
     # TF32 off explicitly but in tf32 (the amp modes too: they differ from fp32 by the half compute).
     _set_tf32(precision == "tf32")
     keras.mixed_precision.set_global_policy(POLICY[precision])  # before any model is built
-    _run["precision"] = precision
+    _run["precision"], _run["mode"] = precision, mode
     # Torch's backend wants a bare "cpu": "cpu:0" turns its parameters into plain tensors.
     index = "" if BACKEND == "torch" else ":0"
     _device_scope = keras.device(("gpu" if device == "gpu" else "cpu") + index)
@@ -192,6 +225,11 @@ def synchronize(dev: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+    elif BACKEND == "torch" and task == "rnn" and dev == "gpu":
+        not_applied[jit] = (
+            "under torch.compile Keras's torch GRU leaves cuDNN for its fallback loop (keras/src/backend/"
+            "torch/rnn.py, gru(): no cuDNN while torch.compiler.is_compiling()), and TASKS.md asks for "
+            "the cuDNN GRU where one exists")
     elif BACKEND == "jax":
         import jax
 
@@ -210,6 +248,11 @@ def versions(dev: str) -> dict:
         cuda = engine.version.cuda
         cudnn = str(engine.backends.cudnn.version()) if engine.backends.cudnn.is_available() else None
         gpu = engine.cuda.get_device_name(0) if dev == "gpu" else None
+    elif BACKEND == "torch" and task == "rnn" and dev == "gpu":
+        not_applied[jit] = (
+            "under torch.compile Keras's torch GRU leaves cuDNN for its fallback loop (keras/src/backend/"
+            "torch/rnn.py, gru(): no cuDNN while torch.compiler.is_compiling()), and TASKS.md asks for "
+            "the cuDNN GRU where one exists")
     elif BACKEND == "jax":
         import jax as engine
 
@@ -251,19 +294,85 @@ EPOCH_TIMING = ("one fit() over all epochs (one input iterator, steps_per_epoch)
                 "harness's per-epoch shuffled batches through a PyDataset, in order")
 
 
+def _jit(task: str, dev: str):
+    """compile()'s jit_compile for the task in this run's mode: the reference's "auto", or True."""
+    if _run["mode"] == "tuned" and TUNED_JIT.get(BACKEND, {}).get(dev, {}).get(task):
+        if not (BACKEND == "tensorflow" and _backend_gpus()):  # there "auto" is XLA already
+            return True
+    return "auto"
+
+
+# jit_compile=True on this project's 2-core CPU, 2026-12-01: one process, reference and tuned
+# alternating, fresh models, medians; 5-batch epochs (2 epochs) and quick ResNet-50, under a load of
+# 15-20 from other work on the 2 cores (absolute times inflated; the ratios are the figures).
+JIT_CPU_LEFT_OFF = {
+    "tensorflow": {
+        "cnn": "measured slower: steady epoch 81.2 s against 19.6 s (tuned / reference 4.2; per round 4.2, "
+               "3.2, 2.6), first epoch 144.0 s against 34.5 s (2026-12-01, this shared 2-core CPU)",
+        "rnn": "no gain measured: steady epoch 13.4 s against 11.2 s (per round 0.99, 1.2, 0.65: within "
+               "this shared CPU's noise), first epoch 76.5 s against 43.1 s (2026-12-01, 2-core CPU)",
+        "resnet50": "measured slower: steady batch 29.8 s against 18.1 s (tuned / reference 1.65; per round "
+                    "1.75, 1.51, 1.65), first batch 59.3 s against 25.2 s (2026-12-01, this shared 2-core CPU)"},
+    "torch": {
+        "cnn": "measured slower: steady epoch 24.7 s against 18.8 s eager (tuned / reference 1.3; per round "
+               "0.76, 2.86, 1.23), first epoch (inductor's C++ compile) 344 s against 14.9 s (2026-12-01, "
+               "this shared 2-core CPU); on on a GPU",
+        "rnn": "not measured to its end: dynamo unrolls the fallback GRU's 150-step Python loop (no cuDNN on "
+               "a CPU), forward and backward, for inductor's C++ compile, and the eager reference's "
+               "5-batch epoch alone took 6 min on this shared 2-core CPU (2026-12-01): no gain shown, left off",
+        "resnet50": "not measured: inductor's C++ compile of the CNN's step alone took 25 min on this shared "
+                    "2-core CPU (2026-12-01) and ResNet-50's did not fit the session: no gain shown, left off "
+                    "(on a GPU: on)"},
+}
+_WHAT = {"cnn": "the fit() train step and predict()", "rnn": "the fit() train step and predict()",
+         "resnet50": "predict_on_batch"}
+_JIT_WORDS = {"torch": "torch.compile (inductor backend)", "tensorflow": "XLA", "jax": "XLA (jax.jit)"}
+STEPS_PER_EXECUTION = "steps_per_execution > 1 (Model.compile)"
+
+
+def _mode_state(task: str, dev: str) -> dict:
+    """conventions["mode"]: what the tuned mode turns on beyond the reference, and what not."""
+    mode = _run["mode"]
+    if mode == "reference":
+        return modes.state(mode)
+    switches, not_applied = [], {}
+    jit = f"jit_compile=True (Model.compile): {_JIT_WORDS[BACKEND]} of {_WHAT[task]}"
+    if _jit(task, dev) is True:
+        switches.append(jit)
+    elif BACKEND == "torch" and task == "rnn" and dev == "gpu":
+        not_applied[jit] = (
+            "under torch.compile Keras's torch GRU leaves cuDNN for its fallback loop (keras/src/backend/"
+            "torch/rnn.py, gru(): no cuDNN while torch.compiler.is_compiling()), and TASKS.md asks for "
+            "the cuDNN GRU where one exists")
+    elif BACKEND == "jax":
+        not_applied[jit] = "already on in the reference: jit_compile='auto' is XLA on the JAX backend on every device"
+    elif BACKEND == "tensorflow" and (dev == "gpu" or _backend_gpus()):  # --device cpu on a GPU machine too
+        not_applied[jit] = "already on in the reference: jit_compile='auto' is XLA where TensorFlow lists a GPU"
+    else:
+        not_applied[jit] = JIT_CPU_LEFT_OFF[BACKEND][task]
+    if task != "resnet50":
+        not_applied[STEPS_PER_EXECUTION] = (
+            "not supported with the PyTorch backend (compile()'s docs)" if BACKEND == "torch" else
+            "Keras reads steps_per_execution batches per execution whatever is left of the epoch "
+            "(keras/src/trainers/epoch_iterator.py): unless it divides the epoch's batch count (CNN "
+            "781 = 11 x 71, GRU 390), an execution takes the next epoch's first batches, which breaks "
+            "the harness's per-epoch clock and batch order")
+    return modes.state(mode, switches=switches, not_applied=not_applied)
+
+
 def conventions(task: str, dev: str) -> dict:
     layout = data_format(dev)
     fit = f"keras fit on {BACKEND} (jit_compile=auto)"
     if task == "cnn":
         return {"layout": layout, "init": "glorot_uniform weights, zero biases (Keras defaults)",
-                "fast_path": [fit], "epoch_timing": EPOCH_TIMING}
+                "fast_path": [fit], "epoch_timing": EPOCH_TIMING, "mode": _mode_state(task, dev)}
     if task == "rnn":
         # keras/src/optimizers/adam.py update_step: alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t),
         # variable -= alpha * m / (sqrt(v) + epsilon): epsilon on the uncorrected sqrt(v).
         out = {"gru_bias": "two vectors per gate (reset_after=True, cuDNN layout)", "gru_biases": 600,
                "gru_kernel": f"Keras GRU on {BACKEND} (cuDNN where the backend offers it)",
                "adam_epsilon": "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
-               "fast_path": [fit], "epoch_timing": EPOCH_TIMING}
+               "fast_path": [fit], "epoch_timing": EPOCH_TIMING, "mode": _mode_state(task, dev)}
         if BACKEND == "tensorflow":
             # The Embedding's gradient is a tf.IndexedSlices, one row per token occurrence; Adam's
             # ops.square squares each occurrence (keras/src/backend/tensorflow/sparse.py,
@@ -280,7 +389,8 @@ def conventions(task: str, dev: str) -> dict:
     return {"resnet_conv_bias": True, "weights": "random", "layout": layout,
             "source": "keras.applications.ResNet50(include_top=False, pooling='avg')",
             "resnet_stride": "1x1 (original paper, v1)", "bn_epsilon": 1.001e-5,
-            "pool1": "max 3x3, stride 2, padding 1", "fast_path": ["predict_on_batch"]}
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": ["predict_on_batch"],
+            "mode": _mode_state(task, dev)}
 
 
 def _one(dtypes) -> str:
@@ -486,6 +596,7 @@ def build_cnn(spec, dev: str):
     model.compile(
         optimizer=_optimizer(keras.optimizers.SGD(learning_rate=spec.lr, momentum=spec.momentum)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=_jit("cnn", dev),
     )
     return model
 
@@ -577,6 +688,7 @@ def build_rnn(spec, dev: str):
         optimizer=_optimizer(keras.optimizers.Adam(learning_rate=spec.lr, beta_1=spec.beta1,
                                                    beta_2=spec.beta2, epsilon=spec.epsilon)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=_jit("rnn", dev),
     )
     return model
 
@@ -640,8 +752,12 @@ def _set_rnn_weights(model, w: dict) -> None:
 def build_resnet50(spec, dev: str):
     channels, height, width = spec.image_shape
     shape = (channels, height, width) if dev == "gpu" else (height, width, channels)
-    return keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape,
-                                       pooling="avg")
+    model = keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape,
+                                        pooling="avg")
+    if _jit("resnet50", dev) is True:
+        # the attribute compile(jit_compile=...) sets; compile() itself would add an optimizer
+        model.jit_compile = True
+    return model
 
 
 def extract_features(model, x: np.ndarray) -> np.ndarray:

@@ -21,6 +21,24 @@ Trainer updates; amp-fp16 adds AMP's dynamic loss scaler (amp.init_trainer, amp.
 MXNet 1.9 has no TF32 switch of its own: cuBLAS and cuDNN use TF32 for float32 on a GPU of
 compute capability 8.0+ unless NVIDIA_TF32_OVERRIDE=0, which the harness sets for every
 precision but tf32 (runner.prepare_environment).
+
+Mode (bench/modes.py): the reference already hybridizes with static_alloc and static_shape, uses
+the fused RNN operator (cuDNN on a GPU) and MXNet's defaults (cuDNN autotune 1, GPU pointwise
+fusion, bulk execution). Tuned adds, from MXNet's "Environment Variables" page (api/faq/env_var)
+and its performance guide (api/faq/perf):
+- CPU, ResNet-50 in fp32: hybridize(backend='MKLDNN'), the oneDNN subgraph fusion the guide
+  recommends for inference on CPUs (measured x0.93 CPU time, x0.67 wall time per timed batch);
+  not under amp-bf16, where it moved the features 8 % from fp32's (the reference's bf16: 0.4 %);
+- GPU: for the CNN, MXNET_OPTIMIZER_AGGREGATION_SIZE=12, SGD's aggregated update of all 12
+  tensors in one call (optimizer.SGD's docstring: "may lead to improved performance"; x1.03 CPU
+  time on this CPU, so left off here); for the CNN and ResNet-50, MXNET_CUDNN_AUTOTUNE_DEFAULT=2
+  (the fastest convolution algorithm, no workspace limit); MXNET_GPU_WORKER_NSTREAMS=2 (cuDNN
+  convolutions compute their data and weight gradients in parallel; read once per process, so
+  the first GPU init_device decides). None of these is measured on a GPU: none is lent here.
+Left off, with the reasons in conventions()["mode"]["not_applied"]: the oneDNN fusion for training
+(inference only), aggregation for Adam (SGD only), NHWC convolutions (not checkable here).
+Measured 2026-12-01, quick sizes, one process alternating modes with fresh models, on 2 CPU
+cores shared under heavy load (process CPU time compared).
 """
 from __future__ import annotations
 
@@ -35,7 +53,7 @@ from mxnet.contrib import amp
 from mxnet.gluon import nn, rnn
 from mxnet.gluon.model_zoo import vision
 
-from bench import canonical, precisions
+from bench import canonical, modes, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
@@ -57,6 +75,15 @@ _CREATION_OPS = ("zeros", "zeros_without_dtype", "ones", "full", "arange", "lins
 
 # What init_device set; one process runs one precision (amp.init cannot be undone). build_* read it.
 _PRECISION = {"name": precisions.DEFAULT, "amp": None, "capability": None}
+_MODE = {"name": modes.DEFAULT, "gpu_streams": None}  # gpu_streams: fixed by the first GPU init
+
+# Tuned mode (module docstring, "Mode").
+SUBGRAPH_BACKEND = "MKLDNN"  # hybridize(backend=...): oneDNN's fused inference operators (CPU)
+AGGREGATION_VARIABLE = "MXNET_OPTIMIZER_AGGREGATION_SIZE"  # SGD: weights per multi-update call
+AUTOTUNE_VARIABLE = "MXNET_CUDNN_AUTOTUNE_DEFAULT"  # read by each cuDNN convolution as it is set up
+STREAMS_VARIABLE = "MXNET_GPU_WORKER_NSTREAMS"  # read once, when the engine's GPU worker starts
+CNN_TENSORS = 12  # the CNN's trainable tensors: conv1..conv4, fc1, fc2, weight and bias each
+_TUNED_OFF: set = set()  # switches the scratch measurements turn off
 
 
 @dataclass
@@ -69,8 +96,9 @@ class Model:
 
 # ---------------------------------------------------------------- 1. framework and device
 
-def init_device(device: str, precision: str) -> mx.Context:
+def init_device(device: str, precision: str, mode: str = modes.DEFAULT) -> mx.Context:
     global _PRECISION
+    modes.check_name(mode)
     capability = None
     if device == "gpu":
         if mx.context.num_gpus() == 0:
@@ -97,7 +125,46 @@ def init_device(device: str, precision: str) -> mx.Context:
     elif target:
         amp.init(target_dtype=target)
     _PRECISION = {"name": precision, "amp": target, "capability": capability}
+    _MODE["name"] = mode
+    if device == "gpu":
+        _set_gpu_variables(mode)
     return ctx
+
+
+_SAVED_AUTOTUNE = []  # the value before tuned mode set it, restored for the reference
+
+
+def _set_gpu_variables(mode: str) -> None:
+    """Tuned on a GPU: cuDNN autotune without the workspace limit (each convolution reads it as
+    it is set up, so every build after this call gets it) and two GPU worker streams (read once,
+    by the first GPU operation of the process)."""
+    tuned = _tuned_on("gpu")
+    if tuned.get("autotune"):
+        if not _SAVED_AUTOTUNE:
+            _SAVED_AUTOTUNE.append(os.environ.get(AUTOTUNE_VARIABLE))
+        os.environ[AUTOTUNE_VARIABLE] = "2"
+    elif _SAVED_AUTOTUNE:  # back to what the reference ran with
+        old = _SAVED_AUTOTUNE.pop()
+        if old is None:
+            os.environ.pop(AUTOTUNE_VARIABLE, None)
+        else:
+            os.environ[AUTOTUNE_VARIABLE] = old
+    if _MODE["gpu_streams"] is None:  # no GPU work yet in this process: this init decides
+        if tuned.get("streams"):
+            os.environ[STREAMS_VARIABLE] = "2"
+        _MODE["gpu_streams"] = os.environ.get(STREAMS_VARIABLE, "1")
+
+
+def _tuned_on(device_type: str) -> dict:
+    """The switches tuned mode turns on, by device type; {} in the reference."""
+    if _MODE["name"] != "tuned":
+        return {}
+    # amp-bf16: the fused bf16 convolutions moved ResNet-50's features 8 % (mean) from fp32's, the
+    # reference's bf16 0.4 % (2026-12-01): not the same arithmetic, so fp32 only.
+    # aggregation: no gain on this CPU (module docstring); on a GPU it saves kernel launches.
+    on = {"subgraph": device_type == "cpu" and _PRECISION["amp"] is None, "aggregation": device_type == "gpu",
+          "autotune": device_type == "gpu", "streams": device_type == "gpu"}
+    return {k: v for k, v in on.items() if v and k not in _TUNED_OFF}
 
 
 def _capability(ctx: mx.Context):
@@ -152,22 +219,74 @@ def count_params(model: Model) -> int:
 
 def conventions(task: str, ctx: mx.Context) -> dict:
     fast = ["hybridize(static_alloc=True, static_shape=True)"]
+    mode = _mode_state(task, ctx.device_type)
     if task == "cnn":
-        return {"layout": "NCHW", "init": "Xavier uniform (Glorot) weights, zero biases", "fast_path": fast}
+        return {"layout": "NCHW", "init": "Xavier uniform (Glorot) weights, zero biases", "fast_path": fast,
+                "mode": mode}
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (i2h and h2h, cuDNN layout)", "gru_biases": 600,
                 "gru_kernel": "cuDNN (fused RNN op)" if ctx.device_type == "gpu" else "fused RNN op (CPU)",
                 # optimizer.Adam folds the bias corrections into lr, then adam_update adds eps to sqrt(v)
                 "adam_epsilon": "sqrt(v) + eps, bias correction in the step size (Kingma & Ba epsilon hat)",
                 "adam_embedding_v": "square of the row's gradient (dense)",
-                "fast_path": fast}
+                "fast_path": fast, "mode": mode}
     return {"resnet_conv_bias": False, "weights": "random",
             "source": "gluon.model_zoo.vision.resnet50_v1 features + Flatten; the zoo's 1x1 "
                       "bottleneck conv biases held at zero and frozen",
             # BottleneckV1 (gluon/model_zoo/vision/resnet.py) strides its first 1x1 conv (and the
             # downsample); gluon.nn.BatchNorm's default epsilon, which the zoo keeps, is 1e-5.
             "resnet_stride": "1x1 (original paper, v1)", "bn_epsilon": 1e-5,
-            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast}
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast, "mode": mode}
+
+
+def _mode_state(task: str, device_type: str) -> dict:
+    """conventions()["mode"]: what tuned turns on for this task on this device, and what not, why."""
+    if _MODE["name"] != "tuned":
+        return modes.state(_MODE["name"])
+    on, gpu = _tuned_on(device_type), device_type == "gpu"
+    switches, off = [], {}
+    if task == "resnet50":
+        if on.get("subgraph"):
+            switches.append(f"hybridize(backend={SUBGRAPH_BACKEND!r}): oneDNN's subgraph fusion of each "
+                            "convolution with its batch norm, ReLU and residual add (inference)")
+        elif not gpu:
+            off[f"hybridize(backend={SUBGRAPH_BACKEND!r})"] = (
+                "under amp-bf16 its fused bf16 convolutions moved the features 8 % (mean) from fp32's, "
+                "the reference's bf16 0.4 % (measured 2026-12-01): another arithmetic, so fp32 only")
+    else:
+        off[f"hybridize(backend={SUBGRAPH_BACKEND!r})"] = (
+            "oneDNN's fusion passes are for inference only (MXNet's MKLDNN backend guide: unset it for "
+            "training)" if not gpu else "a CPU (oneDNN) backend")
+    if task == "cnn" and on.get("aggregation"):
+        switches.append(f"{AGGREGATION_VARIABLE}={CNN_TENSORS}: SGD updates all the CNN's weights in "
+                        "one multi_sgd_mom_update call (MXNet's default aggregates 4)")
+    elif task == "cnn":
+        off[f"{AGGREGATION_VARIABLE}={CNN_TENSORS}"] = (
+            "measured slower on this CPU (x1.03 CPU time per steady epoch, 2 rounds, 2026-12-01); on a "
+            "GPU, where one call saves kernel launches, tuned sets it (not measured on a GPU)")
+    elif task == "rnn":
+        off[AGGREGATION_VARIABLE] = "aggregated updates are SGD's only in MXNet 1.9; the GRU trains with Adam"
+    if gpu:
+        if task != "rnn" and on.get("autotune"):
+            switches.append(f"{AUTOTUNE_VARIABLE}=2: cuDNN autotune picks the fastest convolution algorithm "
+                            "without the workspace limit (the default 1 limits it)")
+        streams = _MODE["gpu_streams"]
+        if streams == "2":
+            switches.append(f"{STREAMS_VARIABLE}=2 for the process: two streams per GPU worker, so cuDNN "
+                            "convolutions compute their data and weight gradients in parallel"
+                            + ("" if task == "cnn" else " (this task has no convolution backward)"))
+        elif task == "cnn":
+            off[STREAMS_VARIABLE + "=2"] = (f"read once per process by MXNet's engine, and this process's "
+                                            f"first GPU work ran with {streams}")
+        if task == "cnn":
+            off["Conv2D(layout='NHWC')"] = (
+                "changes the model's tensors (OHWI weights, an (h, w, c) flatten) and cannot be checked "
+                "here: MXNet 1.9.1's CPU (oneDNN) convolution rejects layout='NHWC'; NVIDIA's reason for "
+                "NHWC is Tensor Core convolutions in fp16")
+        off["MXNET_USE_FUSION"] = "MXNet's GPU pointwise fusion is on by default (1) in the reference too"
+    else:
+        off[f"{AUTOTUNE_VARIABLE}=2, {STREAMS_VARIABLE}=2"] = "cuDNN and GPU stream settings: this is a CPU"
+    return modes.state("tuned", switches=switches, not_applied=off)
 
 
 def numerics(task: str, model: Model, ctx: mx.Context) -> dict:
@@ -340,9 +459,30 @@ def build_cnn(spec, ctx: mx.Context) -> Model:
     net.hybridize(static_alloc=True, static_shape=True)
     # MXNet's momentum buffer holds lr * g (sgd_mom_update: mom = m * mom - lr * g; w += mom),
     # PyTorch's g (v = m * v + g; w -= lr * v): the same steps at a constant learning rate.
-    trainer = gluon.Trainer(net.collect_params(), "sgd",
-                            {"learning_rate": spec.lr, "momentum": spec.momentum})
+    params = net.collect_params()
+    aggregate = str(CNN_TENSORS) if _tuned_on(ctx.device_type).get("aggregation") else None
+    with _environ(AGGREGATION_VARIABLE, aggregate):  # optimizer.SGD reads it as it is made
+        trainer = gluon.Trainer(params, "sgd", {"learning_rate": spec.lr, "momentum": spec.momentum})
     return _trained(net, trainer, ctx)
+
+
+class _environ:
+    """Set one environment variable for a with block (None: leave it as it is), then restore it."""
+
+    def __init__(self, name: str, value):
+        self.name, self.value = name, value
+
+    def __enter__(self):
+        self.old = os.environ.get(self.name)
+        if self.value is not None:
+            os.environ[self.name] = self.value
+
+    def __exit__(self, *exc):
+        if self.value is not None:
+            if self.old is None:
+                os.environ.pop(self.name, None)
+            else:
+                os.environ[self.name] = self.old
 
 
 def _cnn_table(net) -> tuple:
@@ -493,7 +633,8 @@ def build_resnet50(spec, ctx: mx.Context) -> Model:
         if name.endswith("bias") and "conv" in name:
             param.set_data(nd.zeros(param.shape, ctx=ctx))
             param.grad_req = "null"
-    net.hybridize(static_alloc=True, static_shape=True)
+    backend = SUBGRAPH_BACKEND if _tuned_on(ctx.device_type).get("subgraph") else None
+    net.hybridize(static_alloc=True, static_shape=True, backend=backend)  # partitioned at the first call
     return Model(net, None, ctx)
 
 

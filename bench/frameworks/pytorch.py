@@ -29,6 +29,35 @@ Precision (bench/precisions.py) through PyTorch's own mechanism, set in init_dev
     GPU autocast's cuDNN RNN wrapper casts to float16 whatever the autocast dtype
     (aten/src/ATen/cudnn/AutocastRNN.cpp), so under amp-bf16 the GRU runs outside autocast, in
     float32, rather than in fp16 under a bf16 label.
+
+Mode (bench/modes.py), set in init_device; TUNED says which switches are on per task and device,
+conventions()["mode"] names them and each documented one left off, with why (NOT_APPLIED):
+  - channels_last (CNN, ResNet-50): weights and inputs in torch.channels_last ("Channels Last
+    Memory Format in PyTorch", docs.pytorch.org/tutorials/intermediate/memory_format_tutorial.html;
+    Performance Tuning Guide, "Enable channels_last memory format for computer vision models").
+    On the CPU, every task with a convolution; on a GPU only in tf32 and the amp precisions: the
+    guide pairs it with AMP on Tensor Cores.
+  - torch.compile, inductor, default mode (the guide's "Fuse operations"; torch.compile docs): of
+    ResNet-50's feature extractor (CPU and GPU) and, on a GPU, of the module the CNN's training
+    step calls (on this CPU measured slower for the CNN: NOT_APPLIED). Model.net stays the plain
+    module (get_weights/set_weights, the parameter count); the compiled wrapper shares its
+    parameters and compiles at its first call, in the first epoch or the warm-up batch, which the
+    harness times apart.
+  - The GRU: dynamo does not trace nn.GRU (torch._dynamo.config.allow_rnn False);
+    torch._dynamo.explain(GRUClassifier) finds 0 graphs: the RNN gets no compile anywhere.
+  - fused=True optimizers (torch.optim docs: fused is the fastest implementation, foreach the
+    default on CUDA): on a GPU, the CNN's SGD and the RNN's Adam; not measured on this CPU.
+  - cudnn.benchmark is the reference's already; CUDA graphs (mode="reduce-overhead") are left off.
+  Nothing here has been measured on a GPU: no GPU is lent to this project.
+  Measured on this CPU, 2026-12-01 (one process, variants in rotated order, fresh models each
+  round, medians; the quick sizes cut further, as the shared 2-core machine ran at a load of
+  15-20 and timed everything 5-10x slower than idle):
+  - CNN, steady epoch of 5 batches (epochs 2-3), 3 rounds: reference 58.0 s, channels_last
+    35.3 s (0.61x), channels_last + compile 36.2 s (0.62x; slower than channels_last alone in each
+    round; its first epoch about 240 s more, compilation, later models reusing it).
+  - ResNet-50, steady batch of 32 (2 timed after the warm-up), 2 rounds: reference 77.6 s,
+    channels_last 60.9 s (0.78x), channels_last + compile 29.1 s (0.38x; 0.39x and 0.36x paired),
+    its warm-up batch about 250 s more (compilation; a later model in the process reuses it).
 """
 from __future__ import annotations
 
@@ -42,16 +71,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from bench import precisions
+from bench import modes, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 from bench.runner import batches_of
 
 NAME = "pytorch"
 
 AUTOCAST_DTYPE = {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}
-# One process runs one precision: what init_device set, for build_*, the training step and numerics.
+# What init_device set last (precision and mode), for build_*, the training step and numerics.
 _run = {"precision": precisions.DEFAULT, "autocast": None, "loss_scaling": False,
-        "gru_outside_autocast": False}
+        "gru_outside_autocast": False, "mode": modes.DEFAULT}
+
+# Mode "tuned": the switches on, per (task, device type); measured on this CPU (module docstring).
+TUNED = {
+    ("cnn", "cpu"): ("channels_last",),
+    ("rnn", "cpu"): (),
+    ("resnet50", "cpu"): ("channels_last", "compile"),
+    ("cnn", "cuda"): ("channels_last", "compile", "fused_optimizer"),
+    ("rnn", "cuda"): ("fused_optimizer",),
+    ("resnet50", "cuda"): ("channels_last", "compile"),
+}
 
 
 @dataclass
@@ -60,11 +99,14 @@ class Model:
     optimizer: torch.optim.Optimizer | None
     device: torch.device
     scaler: torch.amp.GradScaler | None = None  # amp-fp16: dynamic loss scaling
+    compiled: nn.Module | None = None  # tuned: torch.compile(net), sharing net's parameters
+    channels_last: bool = False  # tuned: inputs (and net's conv weights) in torch.channels_last
 
 
 # ---------------------------------------------------------------- 1. framework and device
 
-def init_device(device: str, precision: str) -> torch.device:
+def init_device(device: str, precision: str, mode: str = modes.DEFAULT) -> torch.device:
+    modes.check_name(mode)
     if device == "gpu":
         if not torch.cuda.is_available():
             raise DeviceUnavailable(
@@ -87,7 +129,7 @@ def init_device(device: str, precision: str) -> torch.device:
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     _run.update(precision=precision, autocast=AUTOCAST_DTYPE.get(precision),
                 loss_scaling=precision == "amp-fp16",
-                gru_outside_autocast=precision == "amp-bf16" and device == "gpu")
+                gru_outside_autocast=precision == "amp-bf16" and device == "gpu", mode=mode)
     if device == "gpu":
         torch.backends.cudnn.benchmark = True  # cuDNN autotune, as TASKS.md asks
         return torch.device("cuda")
@@ -129,22 +171,90 @@ def count_params(model: Model) -> int:
     return sum(p.numel() for p in model.net.parameters() if p.requires_grad)
 
 
+SWITCHES = {  # what each tuned switch is, in words naming the API
+    "channels_last": "channels_last memory format (torch.channels_last) for the inputs and the "
+                     "convolution weights (net.to(memory_format=torch.channels_last)); the canonical "
+                     "weights keep their logical OIHW shape",
+    "compile": {"cnn": "torch.compile (inductor, default mode) of the module the training step calls "
+                       "(forward and, through AOTAutograd, backward); Model.net stays the plain module, "
+                       "whose parameters the compiled one shares; prediction (untimed) runs the plain module",
+                "rnn": "torch.compile (inductor, default mode) of the module the training step calls",
+                "resnet50": "torch.compile (inductor, default mode) of the feature extractor "
+                            "(compiled at the untimed warm-up batch)"},
+    "fused_optimizer": {"cnn": "torch.optim.SGD(..., fused=True): one fused update kernel",
+                        "rnn": "torch.optim.Adam(..., fused=True): one fused update kernel"},
+}
+# Documented switches left off, and why, by (task, device type). MEASURED: tuned / reference
+# steady-epoch (or steady-batch) time on this project's shared 2-core CPU (module docstring).
+_FUSED_CPU = ("fused=True optimizer: not measured on this CPU (too small to time on this shared "
+              "machine); torch.optim defaults to foreach, and only on CUDA")
+_GRU_NO_TRACE = ("dynamo does not trace nn.GRU (torch._dynamo.config.allow_rnn is False), nearly "
+                 "all of the RNN's time")
+NOT_APPLIED = {
+    ("cnn", "cpu"): {"compile": ("torch.compile: measured slower on this CPU (2026-12-01): on top of "
+                                 "channels_last its steady epoch took 1.02x channels_last's alone "
+                                 "(median of 3; slower in each of the 3 paired rounds), and the first "
+                                 "epoch about 240 s more (compilation); kept on a GPU, where fusing the "
+                                 "elementwise kernels is what the docs give it for"),
+                     "fused_optimizer": _FUSED_CPU,
+                     "torch.compile(mode='reduce-overhead')": "CUDA graphs: GPU only"},
+    ("rnn", "cpu"): {"compile": ("torch.compile: " + _GRU_NO_TRACE + "; torch._dynamo.explain(GRUClassifier) "
+                                "finds 0 graphs on this CPU (2026-12-01): compiling changes nothing"),
+                     "fused_optimizer": _FUSED_CPU,
+                     "channels_last": "no 4-D tensor in the model"},
+    ("resnet50", "cpu"): {"fused_optimizer": "inference: no optimizer",
+                          "torch.compile(mode='reduce-overhead')": "CUDA graphs: GPU only"},
+    ("cnn", "cuda"): {"torch.compile(mode='reduce-overhead')": "CUDA graphs: not measured on a GPU"},
+    ("rnn", "cuda"): {"compile": "torch.compile: " + _GRU_NO_TRACE + " (cuDNN)",
+                      "channels_last": "no 4-D tensor in the model"},
+    ("resnet50", "cuda"): {"fused_optimizer": "inference: no optimizer",
+                           "torch.compile(mode='reduce-overhead')": "CUDA graphs: not measured on a GPU"},
+}
+# On a GPU channels_last is for Tensor Cores (the tuning guide: "meant to be used in conjunction
+# with AMP"): the precisions that use them.
+TENSOR_CORE_PRECISIONS = ("tf32", "amp-fp16", "amp-bf16")
+
+
+def _tuned(task: str, dev: torch.device) -> tuple:
+    """The switches this mode turns on for this task on this device (none in the reference)."""
+    if _run["mode"] != "tuned":
+        return ()
+    switches = TUNED[(task, dev.type)]
+    if dev.type == "cuda" and _run["precision"] not in TENSOR_CORE_PRECISIONS:
+        switches = tuple(s for s in switches if s != "channels_last")
+    return switches
+
+
+def _mode_state(task: str, dev: torch.device) -> dict:
+    if _run["mode"] != "tuned":
+        return modes.state(_run["mode"])
+    on = _tuned(task, dev)
+    words = [SWITCHES[s] if isinstance(SWITCHES[s], str) else SWITCHES[s][task] for s in on]
+    off = {k: v for k, v in NOT_APPLIED[(task, dev.type)].items() if k not in on}
+    if dev.type == "cuda" and "channels_last" in TUNED[(task, dev.type)] and "channels_last" not in on:
+        off["channels_last"] = (f"{_run['precision']} uses no Tensor Cores; the tuning guide pairs "
+                                "channels_last with AMP on Tensor Cores")
+    return modes.state("tuned", switches=words, not_applied=off)
+
+
 def conventions(task: str, dev: torch.device) -> dict:
     fast = ["cudnn.benchmark"] if dev.type == "cuda" else []
+    mode = _mode_state(task, dev)
     if task == "cnn":
-        return {"layout": "NCHW", "init": "xavier_uniform weights, zero biases", "fast_path": fast}
+        return {"layout": "NCHW", "init": "xavier_uniform weights, zero biases", "fast_path": fast,
+                "mode": mode}
     if task == "rnn":
         return {"gru_bias": "two vectors per gate (cuDNN layout)", "gru_biases": 600,
                 "gru_kernel": "cuDNN" if dev.type == "cuda" else "ATen CPU",
                 "adam_epsilon": "sqrt(v_hat) + eps (Kingma & Ba Algorithm 1)",  # torch.optim.Adam
                 "adam_embedding_v": "square of the row's gradient (dense)",
-                "fast_path": fast}
+                "fast_path": fast, "mode": mode}
     return {"resnet_conv_bias": False, "weights": "random", "source": "torchvision.models.resnet50",
             # torchvision/models/resnet.py, Bottleneck: conv2 = conv3x3(width, width, stride): the
             # stride on the 3x3 conv; norm_layer nn.BatchNorm2d with its default eps; maxpool
             # nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
             "resnet_stride": "3x3 (torchvision, v1.5)", "bn_epsilon": 1e-5,
-            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast}
+            "pool1": "max 3x3, stride 2, padding 1", "fast_path": fast, "mode": mode}
 
 
 def _autocast(dev: torch.device):
@@ -308,8 +418,36 @@ def build_cnn(spec, dev: torch.device) -> Model:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
     net = net.to(dev)
-    optimizer = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum)
-    return Model(net, optimizer, dev, _scaler(dev))
+    on = _tuned("cnn", dev)
+    optimizer = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum,
+                                **_fused(on))
+    return _tuned_model(Model(net, optimizer, dev, _scaler(dev)), on)
+
+
+def _fused(on: tuple) -> dict:
+    return {"fused": True} if "fused_optimizer" in on else {}
+
+
+def _tuned_model(model: Model, on: tuple) -> Model:
+    """The tuned switches on a built model: channels_last weights, the compiled wrapper."""
+    if "channels_last" in on:
+        model.net = model.net.to(memory_format=torch.channels_last)  # in place: the same parameters
+        model.channels_last = True
+    if "compile" in on:
+        model.compiled = torch.compile(model.net)  # lazy: compiles at its first call
+    return model
+
+
+def _runs(model: Model) -> nn.Module:
+    """The module the training step or the feature extraction calls (an nn.Module's truth is its
+    len(), so no `or`)."""
+    return model.compiled if model.compiled is not None else model.net
+
+
+def _input(model: Model, x: np.ndarray) -> torch.Tensor:
+    if model.channels_last:
+        return torch.from_numpy(x).to(model.device, memory_format=torch.channels_last)
+    return torch.from_numpy(x).to(model.device)
 
 
 def _cnn_weights(net: nn.Sequential) -> dict:
@@ -334,13 +472,14 @@ def predict_cnn(model: Model, x: np.ndarray, spec) -> np.ndarray:
 
 def _train_epoch(model: Model, batches) -> float:
     model.net.train()
+    net = _runs(model)
     total = torch.zeros((), device=model.device)
     for x, y in batches:
-        x = torch.from_numpy(x).to(model.device)
+        x = _input(model, x)
         y = torch.from_numpy(y).to(model.device, dtype=torch.long)
         model.optimizer.zero_grad(set_to_none=True)
         with _autocast(model.device):
-            loss = F.cross_entropy(model.net(x).float(), y)  # the loss in float32
+            loss = F.cross_entropy(net(x).float(), y)  # the loss in float32
         if model.scaler is not None:
             model.scaler.scale(loss).backward()
             model.scaler.step(model.optimizer)  # skipped when the scaled gradients overflowed
@@ -356,8 +495,7 @@ def _train_epoch(model: Model, batches) -> float:
 def _predict(model: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     model.net.eval()
     with _autocast(model.device):
-        logits = [model.net(torch.from_numpy(xb).to(model.device)).float().cpu()
-                  for xb in batches_of(x, batch_size)]
+        logits = [model.net(_input(model, xb)).float().cpu() for xb in batches_of(x, batch_size)]
     return torch.cat(logits).numpy()
 
 
@@ -382,9 +520,10 @@ class GRUClassifier(nn.Module):
 
 def build_rnn(spec, dev: torch.device) -> Model:
     net = GRUClassifier(spec).to(dev)
+    on = _tuned("rnn", dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
-                                 eps=spec.epsilon)
-    return Model(net, optimizer, dev, _scaler(dev))
+                                 eps=spec.epsilon, **_fused(on))
+    return _tuned_model(Model(net, optimizer, dev, _scaler(dev)), on)
 
 
 def _rnn_weights(net: GRUClassifier) -> dict:
@@ -409,7 +548,7 @@ def predict_rnn(model: Model, x: np.ndarray, spec) -> np.ndarray:
 def build_resnet50(spec, dev: torch.device) -> Model:
     net = torchvision.models.resnet50(weights=None)
     net.fc = nn.Identity()  # cut after global average pooling: 2,048 features
-    return Model(net.to(dev).eval(), None, dev)
+    return _tuned_model(Model(net.to(dev).eval(), None, dev), _tuned("resnet50", dev))
 
 
 def _resnet50_weights(net: nn.Module) -> dict:
@@ -425,5 +564,5 @@ _WEIGHTS = {"cnn": _cnn_weights, "rnn": _rnn_weights, "resnet50": _resnet50_weig
 @torch.inference_mode()
 def extract_features(model: Model, x: np.ndarray) -> np.ndarray:
     with _autocast(model.device):
-        features = model.net(torch.from_numpy(x).to(model.device))
+        features = _runs(model)(_input(model, x))
     return features.float().cpu().numpy()  # float32 whatever the compute dtype

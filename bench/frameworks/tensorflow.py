@@ -28,6 +28,19 @@ ResNet-50 1.3-1.7 s against 2.3-2.7 s, each interleaved in one process; quick GR
 the first 1.4-1.8 s against 2.7-3.1 s), and Keras's jit_compile="auto" leaves XLA off on a
 CPU-only machine too (keras/src/trainers/trainer.py, _resolve_auto_jit_compile).
 
+Mode (bench/modes.py, init_device's mode): reference is the code described above; tuned adds what
+TensorFlow's own performance documentation recommends for these models and this device beyond it.
+XLA (tf.function(jit_compile=True), https://www.tensorflow.org/xla) is the reference's already on a
+GPU, but for the GRU's cuDNN step (CudnnRNNV3 has no XLA kernel). On the CPU it was measured again
+for tuned, per task (XLA_CPU_LEFT_OFF: steady epochs 3.4x slower for the CNN, 1.9x for the GRU, no
+gain for ResNet-50, first epochs or batches 2.7-3.5x longer), and is left off there: tuned runs the
+reference code on the CPU and conventions["mode"]["not_applied"] gives the figures.
+TF_GPU_THREAD_MODE=gpu_private (https://www.tensorflow.org/guide/gpu_performance_analysis) is left
+off: the guide ties it to a profile showing kernel launches delayed by a busy host, and TensorFlow
+reads it once, when it creates the GPU device, so a later init_device could not take it back; not
+measured on a GPU (none is lent to this project). Not the mode's business: mixed precision (the
+precision axis), tf.data (the harness owns the batches).
+
 Canonical weights (bench/canonical.py): the variables here are TensorFlow's layouts: conv
 kernels HWIO (tf.nn.conv2d's filter), dense kernels (in, out) (x @ W), the CNN's first dense
 kernel's rows in the order the model flattens its last feature map (h, w, c in NHWC, c, h, w in
@@ -56,7 +69,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from bench import precisions
+from bench import modes, precisions
 from bench.errors import DeviceUnavailable, UnsupportedPrecision
 
 NAME = "tensorflow"
@@ -67,13 +80,17 @@ KERAS_POLICY = {"fp32": "float32", "tf32": "float32", "amp-fp16": "mixed_float16
 # jit_compile of every tf.function, per device (the module docstring says why); the GRU's cuDNN
 # step on a GPU is a graph whatever this says.
 JIT_COMPILE = {"cpu": False, "gpu": True}
-# One process runs one precision: what init_device and set_seed set, for build_* and numerics.
-_run = {"precision": precisions.DEFAULT, "seed": 0}
+# The tuned mode's XLA on the CPU, per task: measured slower than the graph (CNN, GRU) or no faster
+# (ResNet-50) on this CPU, so left off (XLA_CPU_LEFT_OFF).
+TUNED_CPU_XLA = {"cnn": False, "rnn": False, "resnet50": False}
+# What init_device and set_seed set, for build_*, conventions and numerics.
+_run = {"precision": precisions.DEFAULT, "seed": 0, "mode": modes.DEFAULT}
 
 
 # ---------------------------------------------------------------- 1. framework and device
 
-def init_device(device: str, precision: str) -> str:
+def init_device(device: str, precision: str, mode: str = modes.DEFAULT) -> str:
+    modes.check_name(mode)
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         raise DeviceUnavailable(
@@ -97,7 +114,7 @@ def init_device(device: str, precision: str) -> str:
     # ResNet-50 is Keras applications': its data format and dtype policy are Keras's settings.
     tf.keras.backend.set_image_data_format("channels_first" if device == "gpu" else "channels_last")
     tf.keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
-    _run["precision"] = precision
+    _run["precision"], _run["mode"] = precision, mode
     return device
 
 
@@ -138,8 +155,55 @@ EPOCH_TIMING = ("the harness's clock around each train_<task>_epoch call (one Py
                 "steps' losses summed on the device and read once, at the epoch's end")
 
 
-def _xla(dev: str) -> str:
-    return "XLA (jit_compile=True)" if JIT_COMPILE[dev] else "TensorFlow graph (jit_compile=False)"
+def _jit(task: str, dev: str) -> bool:
+    """jit_compile of the task's tf.functions in this run's mode (the GRU's cuDNN step aside)."""
+    tuned_cpu = _run["mode"] == "tuned" and dev == "cpu" and TUNED_CPU_XLA[task]
+    return JIT_COMPILE[dev] or tuned_cpu
+
+
+def _xla(dev: str, task: str = "cnn") -> str:
+    return "XLA (jit_compile=True)" if _jit(task, dev) else "TensorFlow graph (jit_compile=False)"
+
+
+# XLA on this project's 2-core CPU, 2026-12-01: one process, reference and tuned alternating, fresh
+# models, 3 rounds, medians; 5-batch epochs (2 epochs) and quick ResNet-50, under a load of 15-20
+# from other work on the 2 cores (absolute times inflated; the ratios are the figures).
+XLA_CPU_LEFT_OFF = {
+    "cnn": "measured slower: steady epoch 72.0 s against the graph's 21.4 s (tuned / reference 3.4; "
+           "per round 3.2, 3.1, 3.4), first epoch 120.6 s against 34.8 s (2026-12-01, this shared 2-core CPU)",
+    "rnn": "measured slower: steady epoch 10.6 s against the graph's 5.7 s (tuned / reference 1.9; per "
+           "round 1.4, 2.9, 1.9), first epoch 41.1 s against 15.3 s (2026-12-01, this shared 2-core CPU)",
+    "resnet50": "no gain measured: steady batch 28.4 s against the graph's 29.2 s (tuned / reference 0.97; "
+                "per round 0.86, 1.15, 0.97: within this shared CPU's noise), first batch 86.8 s against "
+                "28.9 s (2026-12-01, 2-core CPU); the docstring's earlier interleaved figures had XLA slower",
+}
+XLA_DOC = "https://www.tensorflow.org/xla (tf.function(jit_compile=True))"
+GPU_THREAD_MODE = ("TF_GPU_THREAD_MODE=gpu_private (tensorflow.org/guide/gpu_performance_analysis)")
+
+
+def _mode_state(task: str, dev: str) -> dict:
+    """conventions["mode"]: what the tuned mode turns on beyond the reference, and what not."""
+    mode = _run["mode"]
+    if mode == "reference":
+        return modes.state(mode)
+    switches, not_applied = [], {}
+    xla = f"XLA: tf.function(jit_compile=True) of the {'feature extraction' if task == 'resnet50' else 'training step and prediction'}"
+    if dev == "cpu":
+        if TUNED_CPU_XLA[task]:
+            switches.append(f"{xla} on the CPU ({XLA_DOC})")
+        else:
+            not_applied[f"{xla} on the CPU"] = (
+                f"{XLA_CPU_LEFT_OFF[task]}; the reference's graph (Grappler, oneDNN kernels) stays")
+    elif task == "rnn":
+        not_applied[f"{xla} (the GRU's step)"] = (
+            "tf.raw_ops.CudnnRNNV3, the cuDNN GRU, has no XLA kernel: the step stays a graph, as in "
+            "the reference (XLA compiles the CNN and ResNet-50 there already)")
+    not_applied[GPU_THREAD_MODE] = (
+        ("a GPU switch, and this run is on the CPU" if dev == "cpu" else
+         "not set: the guide gives it for a profile showing kernel launches delayed by a busy host, not "
+         "measured here (no GPU lent to this project); and it is read once, when TensorFlow creates "
+         "the GPU device, so it could not follow the mode of a later init_device in the process"))
+    return modes.state(mode, switches=switches, not_applied=not_applied)
 
 
 def conventions(task: str, dev: str) -> dict:
@@ -148,12 +212,12 @@ def conventions(task: str, dev: str) -> dict:
         return {"layout": layout, "init": "glorot_uniform kernels, zero biases (tf.random.Generator)",
                 "optimizer": SGDMomentum.FORMULA,
                 "dropout": "tf.nn.experimental.stateless_dropout, seeds from the model's tf.random.Generator",
-                "fast_path": [f"tf.function training step (tf.GradientTape): {_xla(dev)}",
-                              f"tf.function prediction: {_xla(dev)}"],
-                "epoch_timing": EPOCH_TIMING}
+                "fast_path": [f"tf.function training step (tf.GradientTape): {_xla(dev, task)}",
+                              f"tf.function prediction: {_xla(dev, task)}"],
+                "epoch_timing": EPOCH_TIMING, "mode": _mode_state(task, dev)}
     if task == "rnn":
         cudnn = dev == "gpu"
-        step = "TensorFlow graph (jit_compile=False: CudnnRNNV3 has no XLA kernel)" if cudnn else _xla(dev)
+        step = "TensorFlow graph (jit_compile=False: CudnnRNNV3 has no XLA kernel)" if cudnn else _xla(dev, task)
         return {"gru_bias": "two vectors per gate (cuDNN layout)", "gru_biases": 600,
                 "gru_gates": "(r, z, n), n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) (cuDNN formulation)",
                 "gru_kernel": ("cuDNN (tf.raw_ops.CudnnRNNV3, rnn_mode='gru')" if cudnn
@@ -167,7 +231,7 @@ def conventions(task: str, dev: str) -> dict:
                 "adam_embedding_v": "square of the row's gradient (dense)",
                 "fast_path": [f"tf.function training step (tf.GradientTape): {step}"]
                              + (["cuDNN GRU kernel"] if cudnn else []),
-                "epoch_timing": EPOCH_TIMING}
+                "epoch_timing": EPOCH_TIMING, "mode": _mode_state(task, dev)}
     # keras/src/applications/resnet.py, residual_block_v1: the stride of a stage's first block on
     # its first 1x1 conv (_1_conv, and the _0_conv shortcut), padding="SAME" 3x3 convs, every
     # BatchNormalization epsilon=1.001e-5; pool1 is ZeroPadding2D(1) then a 3x3/2 max pool of the
@@ -176,7 +240,8 @@ def conventions(task: str, dev: str) -> dict:
             "pool1": "max 3x3, stride 2, padding 1",
             "weights": "random", "layout": layout,
             "source": "tf.keras.applications.ResNet50(weights=None, include_top=False, pooling='avg')",
-            "fast_path": [f"model(x, training=False) inside a tf.function: {_xla(dev)}"]}
+            "fast_path": [f"model(x, training=False) inside a tf.function: {_xla(dev, task)}"],
+            "mode": _mode_state(task, dev)}
 
 
 def _dtype_name(dtypes) -> str:
@@ -493,7 +558,7 @@ class ConvNet(tf.Module):
 def build_cnn(spec, dev: str) -> Trainable:
     net = ConvNet(spec, data_format(dev), _generator())
     optimizer = SGDMomentum(net.trainable_variables, spec.lr, spec.momentum)
-    return Trainable(net, optimizer, JIT_COMPILE[dev])
+    return Trainable(net, optimizer, _jit("cnn", dev))
 
 
 def train_cnn_epoch(model: Trainable, batches, spec) -> float:
@@ -609,7 +674,7 @@ class GRUClassifier(tf.Module):
 def build_rnn(spec, dev: str) -> Trainable:
     net = GRUClassifier(spec, cudnn=dev == "gpu", rng=_generator())
     optimizer = Adam(net.trainable_variables, spec.lr, spec.beta1, spec.beta2, spec.epsilon)
-    return Trainable(net, optimizer, JIT_COMPILE[dev] and not net.cudnn)  # CudnnRNNV3: no XLA kernel
+    return Trainable(net, optimizer, _jit("rnn", dev) and not net.cudnn)  # CudnnRNNV3: no XLA kernel
 
 
 def train_rnn_epoch(model: Trainable, batches, spec) -> float:
@@ -658,7 +723,7 @@ def build_resnet50(spec, dev: str) -> FeatureExtractor:
     channels, height, width = spec.image_shape
     shape = (channels, height, width) if dev == "gpu" else (height, width, channels)
     net = tf.keras.applications.ResNet50(weights=None, include_top=False, input_shape=shape, pooling="avg")
-    return FeatureExtractor(net, JIT_COMPILE[dev])
+    return FeatureExtractor(net, _jit("resnet50", dev))
 
 
 def extract_features(model: FeatureExtractor, x: np.ndarray) -> np.ndarray:
