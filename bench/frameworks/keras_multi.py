@@ -225,11 +225,6 @@ def synchronize(dev: str) -> None:
         import torch
 
         torch.cuda.synchronize()
-    elif BACKEND == "torch" and task == "rnn" and dev == "gpu":
-        not_applied[jit] = (
-            "under torch.compile Keras's torch GRU leaves cuDNN for its fallback loop (keras/src/backend/"
-            "torch/rnn.py, gru(): no cuDNN while torch.compiler.is_compiling()), and TASKS.md asks for "
-            "the cuDNN GRU where one exists")
     elif BACKEND == "jax":
         import jax
 
@@ -248,11 +243,6 @@ def versions(dev: str) -> dict:
         cuda = engine.version.cuda
         cudnn = str(engine.backends.cudnn.version()) if engine.backends.cudnn.is_available() else None
         gpu = engine.cuda.get_device_name(0) if dev == "gpu" else None
-    elif BACKEND == "torch" and task == "rnn" and dev == "gpu":
-        not_applied[jit] = (
-            "under torch.compile Keras's torch GRU leaves cuDNN for its fallback loop (keras/src/backend/"
-            "torch/rnn.py, gru(): no cuDNN while torch.compiler.is_compiling()), and TASKS.md asks for "
-            "the cuDNN GRU where one exists")
     elif BACKEND == "jax":
         import jax as engine
 
