@@ -287,6 +287,13 @@ def cmd_setup(args) -> int:
 
 def cmd_run(args, argv: list[str]) -> int:
     fw = frameworks.get(args.framework)
+    if args.device == "gpu" and os.environ.get("BENCH_IMAGE"):
+        # A GPU service on a host without the NVIDIA runtime: say so now, not after the
+        # framework loads (R and Julia would not say it as plainly).
+        problem = envinfo.container_gpu_problem()
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     if fw.language != "python":
         from . import external
 

@@ -4,6 +4,7 @@ Framework-neutral: CUDA and cuDNN as the framework reports them are added by the
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -74,18 +75,46 @@ def git_commit() -> str | None:
     return commit
 
 
+IMAGE_MANIFEST = "/opt/bench/image.json"  # written at build time by bench/imagemanifest.py
+
+
 def container_image() -> dict | None:
-    """Set by the image build (docker/<framework>/Dockerfile); None outside containers."""
+    """Set by the image build (docker/<framework>/Dockerfile); None outside containers.
+    The digest (the image id) comes from whoever starts the container: BENCH_IMAGE_DIGEST."""
     name = os.environ.get("BENCH_IMAGE")
     if not name:
         return None
-    return {
+    image = {
         "name": name,
         "tag": os.environ.get("BENCH_IMAGE_TAG"),
         "variant": os.environ.get("BENCH_CUDA_VARIANT"),
         "base_image": os.environ.get("BENCH_BASE_IMAGE"),
-        "digest": os.environ.get("BENCH_IMAGE_DIGEST"),
+        "digest": os.environ.get("BENCH_IMAGE_DIGEST") or None,
     }
+    path = Path(os.environ.get("BENCH_IMAGE_MANIFEST") or IMAGE_MANIFEST)
+    try:
+        built = json.loads(path.read_text())
+        if not isinstance(built, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        image["manifest_error"] = f"{path} not found (an image built before bench/imagemanifest.py)"
+    except (OSError, ValueError) as exc:
+        image["manifest_error"] = f"{path} unreadable: {exc}"
+    else:
+        image.update({k: built.get(k) for k in ("packages", "cuda_wheels", "cudnn_wheels", "tools",
+                                                 "built_at", "build_id")})
+    return image
+
+
+def container_gpu_problem(dev: Path = Path("/dev")) -> str | None:
+    """Inside an image asked for a GPU: why it cannot have one, before any framework loads."""
+    if any(dev.glob("nvidia[0-9]*")):
+        return None
+    service = f"{os.environ.get('BENCH_IMAGE') or 'bench-<framework>'}-cpu"
+    return ("this container sees no NVIDIA GPU (no /dev/nvidia0): the host has no NVIDIA driver and "
+            "NVIDIA Container Toolkit, or the container was started without a GPU "
+            "(`python -m bench.images preflight --gpu` checks the host). Without a GPU run the CPU "
+            f"service instead: docker compose run --rm {service}")
 
 
 def capture() -> dict:

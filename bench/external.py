@@ -28,6 +28,12 @@ from . import telemetry as telemetry_mod
 from .errors import UnsupportedPrecision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def source_root() -> Path:
+    """Where r/ and julia/ are: beside the package in a checkout; an image installs the package
+    into site-packages and names the folder it copied them to (BENCH_SOURCE_DIR=/opt/bench)."""
+    return Path(os.environ.get("BENCH_SOURCE_DIR") or REPO_ROOT)
 EXIT_NO_DEVICE_FOREIGN = 3  # the foreign program's exit code for "the device asked for is absent"
 
 
@@ -55,7 +61,7 @@ def command(fw, request_path: Path) -> tuple[list[str], dict]:
                 f"at {frameworks.venv_path(tf)}: run `python -m bench setup tensorflow` first")
         env["RETICULATE_PYTHON"] = str(python)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        return [rscript, "--vanilla", str(REPO_ROOT / "r" / "bench.R"), str(request_path)], env
+        return [rscript, "--vanilla", str(source_root() / "r" / "bench.R"), str(request_path)], env
     if fw.language == "julia":
         julia = shutil.which(os.environ.get("BENCH_JULIA", "julia"))
         if not julia:
@@ -63,7 +69,7 @@ def command(fw, request_path: Path) -> tuple[list[str], dict]:
                 "knet needs Julia (with Knet, CUDA.jl, JSON3 and NPZ: julia/Project.toml) and no "
                 "`julia` is on PATH (or in $BENCH_JULIA). Julia cannot be installed on every machine; "
                 "the container has it: docker compose run bench-knet")
-        project = REPO_ROOT / "julia"
+        project = source_root() / "julia"
         return [julia, f"--project={project}", str(project / "bench.jl"), str(request_path)], env
     raise LaunchError(f"{fw.name}: no launcher for language {fw.language!r}")
 
@@ -173,7 +179,7 @@ def run(fw, args) -> int:
                                             mode)
                     cmd, env = command(fw, request)
                     print(f"[{fw.name} {task}] {' '.join(cmd)}", flush=True)
-                    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                    proc = subprocess.Popen(cmd, env=env, cwd=source_root(), stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True)
                     started = monitor.watch(proc.pid)
                     output, _ = proc.communicate()

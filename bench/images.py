@@ -5,6 +5,7 @@ and the checks that run before any long build or run.
     python -m bench.images build FRAMEWORK VARIANT [--engine docker|podman] [-- EXTRA...]
     python -m bench.images compose > compose.yml         # regenerate compose.yml
     python -m bench.images preflight [--gpu] [--results DIR]
+    python -m bench.images standin cntk|knet --out FILE   # the steps a stand-in base can run
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def compose_document(m) -> dict:
                 "BENCH_QUICK": "${BENCH_QUICK:-0}",
                 "BENCH_DATA": "${BENCH_DATA:-auto}",
                 "BENCH_PRECISION": "${BENCH_PRECISION:-fp32}",
+                "BENCH_MODE": "${BENCH_MODE:-reference}",
+                # The image id, recorded in each result when the caller knows it (a container
+                # cannot see its own): BENCH_IMAGE_DIGEST=$(docker image inspect -f '{{.Id}}' IMAGE)
+                "BENCH_IMAGE_DIGEST": "${BENCH_IMAGE_DIGEST:-}",
             },
             "volumes": ["bench-data:/data", "${BENCH_RESULTS_DIR:-./results}:/results"],
             # Results belong to the host user: BENCH_UID=$(id -u) BENCH_GID=$(id -g).
@@ -106,13 +111,73 @@ COMPOSE_HEADER = """\
 # Generated from matrix.yaml by `python -m bench.images compose > compose.yml`; do not edit.
 # GPU:  docker compose run --rm bench-pytorch           (needs the NVIDIA Container Toolkit)
 # CPU:  docker compose run --rm bench-pytorch-cpu       (profile "cpu": no GPU reservation)
-# BENCH_TASKS, BENCH_QUICK=1, BENCH_DATA, BENCH_PRECISION (fp32 | tf32 | amp-fp16 | amp-bf16) and
-# BENCH_RESULTS_DIR (default ./results) select the run.
+# BENCH_TASKS, BENCH_QUICK=1, BENCH_DATA, BENCH_PRECISION (fp32 | tf32 | amp-fp16 | amp-bf16),
+# BENCH_MODE (default reference) and BENCH_RESULTS_DIR (default ./results) select the run;
+# BENCH_UID=$(id -u) BENCH_GID=$(id -g) make the results yours; BENCH_IMAGE_DIGEST records the image id.
+# Without an NVIDIA GPU and Container Toolkit a GPU service stops at once and names its -cpu service;
+# `python -m bench.images preflight --gpu` checks the host before any build.
 """
 
 
 def compose_text(m) -> str:
     return COMPOSE_HEADER + yaml.safe_dump(compose_document(m), sort_keys=False, width=120)
+
+
+# ---------------------------------------------------------------- stand-in builds
+
+# The images whose base cannot be pulled here, built on the stand-in base (Debian bookworm,
+# Python 3.11) as far as their steps allow: (text in a RUN step, why it is dropped) and
+# (text, replacement, why).
+STANDIN = {
+    "cntk": {
+        "drop": [("docker/cntk/requirements.txt",
+                  "cntk-gpu 2.7 has wheels for Python 3.5-3.7 only, and needs CUDA 10.0 and cuDNN 7")],
+        "replace": [("python3.7", "python3", "Debian bookworm has Python 3.11, not 3.7")],
+    },
+    "knet": {
+        "drop": [("Pkg.instantiate",
+                  "the stand-in base has no Julia, and Julia's package servers cannot be reached here")],
+        "replace": [],
+    },
+}
+
+
+def instructions(text: str) -> list[str]:
+    """A Dockerfile's lines, with each continued instruction joined into one entry."""
+    out, current = [], []
+    for line in text.splitlines():
+        current.append(line)
+        if not line.rstrip().endswith("\\"):
+            out.append("\n".join(current))
+            current = []
+    if current:
+        out.append("\n".join(current))
+    return out
+
+
+def standin_dockerfile(framework: str) -> tuple[str, list[str]]:
+    """The framework's Dockerfile without what the stand-in base cannot run, and what changed."""
+    if framework not in STANDIN:
+        raise ImageError(f"{framework} needs no stand-in: its base image is reachable or replaceable "
+                         f"with --base-image; stand-ins exist for {', '.join(STANDIN)}")
+    rules = STANDIN[framework]
+    kept, changes = [], []
+    for step in instructions(dockerfile(framework).read_text()):
+        why = next((why for marker, why in rules["drop"]
+                    if step.startswith("RUN ") and marker in step), None)
+        if why:
+            changes.append(f"skipped: {' '.join(step.split())[:160]} ({why})")
+            kept.append(f"# stand-in: step skipped ({why})")
+            continue
+        for old, new, why in rules["replace"]:
+            if old in step and not step.startswith("#"):
+                changes.append(f"changed: {old} -> {new} in {' '.join(step.split())[:100]} ({why})")
+                step = step.replace(old, new)
+        kept.append(step)
+    missing = [marker for marker, _ in rules["drop"] if not any(marker in c for c in changes)]
+    if missing:
+        raise ImageError(f"{dockerfile(framework)} has no RUN step with {missing[0]!r}: update STANDIN")
+    return "\n".join(kept) + "\n", changes
 
 
 # ---------------------------------------------------------------- preflight
@@ -142,6 +207,10 @@ def main(argv=None) -> int:
         p.add_argument("--engine", default="docker", choices=("docker", "podman"))
         p.add_argument("--base-image", help="replace the variant's base image (offline builds)")
     sub.add_parser("compose")
+    p = sub.add_parser("standin", help="the Dockerfile of an image whose base is out of reach, "
+                                       "without the steps that need that base")
+    p.add_argument("framework")
+    p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("preflight")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--results", type=Path, default=Path(os.environ.get("BENCH_RESULTS_DIR", "results")))
@@ -153,6 +222,16 @@ def main(argv=None) -> int:
         m = matrix_mod.load(MATRIX)
         if args.command == "compose":
             sys.stdout.write(compose_text(m))
+            return 0
+        if args.command == "standin":
+            frameworks.get(args.framework)
+            text, changes = standin_dockerfile(args.framework)
+            try:
+                args.out.write_text(text)
+            except OSError as exc:
+                raise ImageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+            for change in changes:
+                print(f"{args.framework} stand-in {change}")
             return 0
         if args.command == "preflight":
             problems = [p for p in (results.folder_problem(args.results),

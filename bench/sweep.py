@@ -624,8 +624,13 @@ class DockerExecutor:
         with cell_temp(ctx.out, cell, mode=0o777) as tmp:  # the image runs as a non-root user
             error = status = returncode = None
             interrupted = False
+            kwargs = self.run_kwargs(cell, tmp)
+            # The image id goes into each result (the container cannot see it itself).
+            image_id = _quietly(lambda: self.client.images.get(kwargs["image"]).id)
+            if isinstance(image_id, str):
+                kwargs["environment"]["BENCH_IMAGE_DIGEST"] = image_id
             try:
-                container = self.client.containers.run(**self.run_kwargs(cell, tmp))
+                container = self.client.containers.run(**kwargs)
             except Exception as exc:  # no image, no engine, no GPU runtime
                 return failure_record(cell, self.name, "failed", f"container did not start: {exc}", None,
                                       image=self.image(cell))
