@@ -68,7 +68,8 @@ def worker(args) -> int:
                             device=args.device)
                 times[task][mode].append(_figures(m, task))
             print(f"{args.worker} round {r + 1}/{args.rounds} {task}: " + ", ".join(
-                f"{mode} {times[task][mode][-1]['total']:.3f} s" for mode in MODES), file=sys.stderr, flush=True)
+                f"{mode} {times[task][mode][-1]['total']:.3f} s (first {_s(times[task][mode][-1]['first'])}, "
+                f"steady {_s(times[task][mode][-1]['steady'])})" for mode in MODES), file=sys.stderr, flush=True)
     print(json.dumps({"framework": args.worker, "times": times, "switches": switches,
                       "how": "one process, modes alternated"}))
     return 0
@@ -158,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here as Markdown")
+    parser.add_argument("--jsonl", type=Path, default=None,
+                        help="append each framework's figures here as soon as it is done (a cut run keeps them)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.epochs < 1:
@@ -178,6 +181,9 @@ def main(argv=None) -> int:
     for name in names:
         try:
             reports.append(run_framework(name, args))
+            if args.jsonl:
+                with args.jsonl.open("a") as out:
+                    out.write(json.dumps(reports[-1]) + "\n")
         except RuntimeError as exc:
             failed[name] = str(exc)
             print(f"error: {exc}", file=sys.stderr)
