@@ -10,7 +10,6 @@ need a GPU. A container cannot learn its own image id, so the id comes from whoe
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import json
 import platform
 import re
@@ -41,10 +40,22 @@ def cuda_of_name(name: str) -> str | None:
     return f"{digits[:-1]}.{digits[-1]}" if len(digits) == 3 else digits
 
 
+def installed() -> dict:
+    """{name: version} of this interpreter's packages; pkg_resources below Python 3.8 (the CNTK
+    image's Python 3.6 has no importlib.metadata)."""
+    try:
+        from importlib import metadata  # novm: the ImportError below is the fallback
+    except ImportError:
+        import pkg_resources
+
+        return {_normal(d.project_name): d.version for d in pkg_resources.working_set}
+    return {_normal(d.metadata["Name"] or ""): d.version for d in metadata.distributions()}
+
+
 def manifest(dists=None, tools=None) -> dict:
     """dists: {name: version} (default: this interpreter's); tools: {tool: version line}."""
     if dists is None:
-        dists = {_normal(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+        dists = installed()
     else:
         dists = {_normal(k): v for k, v in dists.items()}
     packages = {n: v for n, v in sorted(dists.items())

@@ -243,3 +243,16 @@ def test_image_builds_and_runs_through_compose_and_the_docker_executor(tmp_path)
     if not shutil.which("nvidia-smi"):
         assert "ok  bench-jax without a GPU: exit 2" in proc.stdout
     assert "bench sweep --executor docker" in proc.stdout and "container smoke test passed" in proc.stdout
+
+
+def test_the_manifest_reads_packages_without_importlib_metadata(monkeypatch):
+    """The CNTK image's Python 3.6 has no importlib.metadata: pkg_resources answers the same."""
+    import sys
+
+    from bench import imagemanifest
+
+    pytest.importorskip("pkg_resources")
+    expected = imagemanifest.installed()
+    monkeypatch.setitem(sys.modules, "importlib.metadata", None)  # its import now raises ImportError
+    monkeypatch.delattr("importlib.metadata", raising=False)
+    assert imagemanifest.installed().get("numpy") == expected.get("numpy") is not None
