@@ -144,7 +144,7 @@ def work(module: str, task_list: list, folder: Path, mode: str = modes.DEFAULT) 
             out.update({f"after/{name}": value for name, value in after.items()})
         np.savez(folder / f"{fw.NAME}-{task}.npz", **out)
         conventions = fw.conventions(task, dev)
-        runner.checked_mode(fw, task, conventions, mode)
+        runner.checked_mode(fw.NAME, task, conventions, mode)
         infos[task] = {"framework": fw.NAME, "conventions": conventions, "roundtrip": roundtrip}
     return infos
 

@@ -203,10 +203,7 @@ def run(fw, args) -> int:
                     if problems:
                         raise runner.PrecisionMismatch(f"{task}: {fw.name} was asked for {args.precision} "
                                                        f"and reports {'; '.join(problems)}")
-                    mode_problems = modes.check_state(mode, (m.get("conventions") or {}).get("mode"))
-                    if mode_problems:
-                        raise runner.ModeMismatch(f"{task}: {fw.name} was asked for mode {mode} "
-                                                  f"and reports {'; '.join(mode_problems)}")
+                    runner.checked_mode(fw.name, task, m.get("conventions"), mode)
                     record["framework_version"] = m.get("framework_version")
                     record["conventions"] = m.get("conventions")
                     record["env"].update({k: m.get(k) for k in ("cuda", "cudnn") if m.get(k)})

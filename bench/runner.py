@@ -299,12 +299,12 @@ def checked_numerics(fw, task: str, model, dev, precision: str, device: str) -> 
     return reported
 
 
-def checked_mode(fw, task: str, conventions: dict, mode: str) -> None:
-    """The framework's report of its mode (conventions["mode"], modes.state) held to the mode
-    asked for: a run labelled tuned that ran the reference code is an error, never a result."""
+def checked_mode(name: str, task: str, conventions: dict, mode: str) -> None:
+    """A framework's report of its mode (conventions["mode"], modes.state) held to the mode asked
+    for: a run labelled tuned that ran the reference code is an error, never a result."""
     problems = modes.check_state(mode, (conventions or {}).get("mode"))
     if problems:
-        raise ModeMismatch(f"{task}: {fw.NAME} was asked for mode {mode} and reports {'; '.join(problems)}")
+        raise ModeMismatch(f"{task}: {name} was asked for mode {mode} and reports {'; '.join(problems)}")
 
 
 def training_cold_start(epoch_times: list) -> dict:
@@ -636,7 +636,7 @@ def run(opts: RunOptions, log=print) -> tuple[int, list[dict]]:
         record["conventions"] = fw.conventions(task, dev)
         monitor = None
         try:
-            checked_mode(fw, task, record["conventions"], opts.mode)
+            checked_mode(fw.NAME, task, record["conventions"], opts.mode)
             task_data = data_mod.task_data(spec, opts.data, channel_first, opts.seed,
                                            opts.data_dir, log=log)
             record["data"], record["data_source"] = task_data.kind, task_data.source

@@ -33,11 +33,12 @@ sys.path.insert(0, str(REPO))
 MODES = ("reference", "tuned")
 
 
-def _figures(m, task: str) -> dict:
-    cold = m.cold_start or {}
+def _figures(task: str, total: float, cold_start) -> dict:
+    """Total, steady and first figures of one measurement (ResNet-50's total is its steady part)."""
+    cold = cold_start or {}
     if task == "resnet50":
-        return {"total": m.time_total_s, "steady": m.time_total_s, "first": cold.get("first_batch_s")}
-    return {"total": m.time_total_s, "steady": cold.get("steady_epoch_s"), "first": cold.get("first_epoch_s")}
+        return {"total": total, "steady": total, "first": cold.get("first_batch_s")}
+    return {"total": total, "steady": cold.get("steady_epoch_s"), "first": cold.get("first_epoch_s")}
 
 
 def worker(args) -> int:
@@ -57,7 +58,7 @@ def worker(args) -> int:
             for mode in (MODES if r % 2 == 0 else MODES[::-1]):
                 dev = fw.init_device(args.device, args.precision, mode)
                 conventions = fw.conventions(task, dev)
-                runner.checked_mode(fw, task, conventions, mode)
+                runner.checked_mode(fw.NAME, task, conventions, mode)
                 switches[f"{task}/{mode}"] = conventions["mode"]
                 channel_first = fw.data_format(dev) == "NCHW"
                 key = (task, channel_first)
@@ -66,7 +67,7 @@ def worker(args) -> int:
                 measure = runner.measure_inference if task == "resnet50" else runner.measure_training
                 m = measure(fw, dev, spec, loaded[key], r, lambda msg: None, precision=args.precision,
                             device=args.device)
-                times[task][mode].append(_figures(m, task))
+                times[task][mode].append(_figures(task, m.time_total_s, m.cold_start))
             print(f"{args.worker} round {r + 1}/{args.rounds} {task}: " + ", ".join(
                 f"{mode} {times[task][mode][-1]['total']:.3f} s (first {_s(times[task][mode][-1]['first'])}, "
                 f"steady {_s(times[task][mode][-1]['steady'])})" for mode in MODES), file=sys.stderr, flush=True)
@@ -91,10 +92,8 @@ def r_rounds(name: str, args) -> dict:
                     raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stdout[-1500:]}")
                 for path in Path(out).glob("*.json"):
                     record = json.loads(path.read_text())
-                    task, cold = record["task"], record.get("cold_start") or {}
-                    steady = record["time_total_s"] if task == "resnet50" else cold.get("steady_epoch_s")
-                    first = cold.get("first_batch_s") if task == "resnet50" else cold.get("first_epoch_s")
-                    times[task][mode].append({"total": record["time_total_s"], "steady": steady, "first": first})
+                    task = record["task"]
+                    times[task][mode].append(_figures(task, record["time_total_s"], record.get("cold_start")))
                     switches[f"{task}/{mode}"] = record["conventions"]["mode"]
         print(f"{name} round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     return {"framework": name, "times": times, "switches": switches, "how": "bench run processes alternated"}
